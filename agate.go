@@ -1,0 +1,166 @@
+// Package agate holds the domain types of the Agate gateway and its error codes.
+// It imports nothing of the project; every other package imports it.
+package agate
+
+import (
+	"context"
+	"time"
+
+	"github.com/google/uuid"
+)
+
+// Version is the event envelope version, compatible with SomaAgent01 clients.
+const Version = "sa01-v1"
+
+// Principal is who is calling: resolved by authentication, carried in the request context.
+type Principal struct {
+	Tenant  string   `json:"tenant"`
+	Subject string   `json:"subject"`
+	Scopes  []string `json:"scopes,omitempty"`
+}
+
+type principalKey struct{}
+
+// NewContext returns ctx carrying p.
+func NewContext(ctx context.Context, p Principal) context.Context {
+	return context.WithValue(ctx, principalKey{}, p)
+}
+
+// PrincipalFrom returns the principal in ctx, if any.
+func PrincipalFrom(ctx context.Context) (Principal, bool) {
+	p, ok := ctx.Value(principalKey{}).(Principal)
+	return p, ok
+}
+
+// Session is one conversation, owned by a tenant.
+type Session struct {
+	ID        uuid.UUID      `json:"session_id"`
+	Tenant    string         `json:"tenant"`
+	PersonaID string         `json:"persona_id,omitempty"`
+	Subject   string         `json:"subject,omitempty"`
+	Title     string         `json:"title,omitempty"`
+	Metadata  map[string]any `json:"metadata,omitempty"`
+	LastSeq   int64          `json:"last_seq"`
+	CreatedAt time.Time      `json:"created_at"`
+	UpdatedAt time.Time      `json:"updated_at"`
+}
+
+// Roles of an event's author.
+const (
+	RoleUser      = "user"
+	RoleAssistant = "assistant"
+	RoleTool      = "tool"
+	RoleSystem    = "system"
+)
+
+// Event types. Every event is persisted with a per-session sequence number except
+// assistant.stream, which is only streamed live and carries the seq of the last persisted
+// event (the final reply holds the whole text).
+const (
+	TypeUserMessage = "user.message"
+	TypeStarted     = "assistant.started"
+	TypeThinking    = "assistant.thinking"
+	TypeStream      = "assistant.stream"
+	TypeFinal       = "assistant.final"
+	TypeToolStart   = "tool.start"
+	TypeToolResult  = "tool.result"
+	TypeContext     = "context.update"
+	TypeError       = "error"
+)
+
+// Terminal reports whether an event of type t ends a turn.
+func Terminal(t string) bool { return t == TypeFinal || t == TypeError }
+
+// Ephemeral reports whether events of type t are streamed but never stored.
+func Ephemeral(t string) bool { return t == TypeStream }
+
+// Event is the sa01-v1 envelope: what SSE, WebSocket and Kafka carry and what the store keeps.
+//
+// For persisted events Seq is the event's own gap-free position in its session (from 1).
+// For ephemeral events Seq is the last persisted seq and Offset the length in bytes (UTF-8)
+// of the cumulative Message, so that a resuming client can be sent exactly what it missed.
+type Event struct {
+	EventID   uuid.UUID      `json:"event_id"`
+	Seq       int64          `json:"seq"`
+	Offset    int            `json:"offset,omitempty"`
+	SessionID uuid.UUID      `json:"session_id"`
+	PersonaID string         `json:"persona_id,omitempty"`
+	Role      string         `json:"role"`
+	Type      string         `json:"type"`
+	Message   string         `json:"message"`
+	Delta     string         `json:"delta,omitempty"`
+	Metadata  map[string]any `json:"metadata"`
+	Version   string         `json:"version"`
+	CreatedAt time.Time      `json:"created_at"`
+}
+
+// Status values of a terminal event's metadata.status.
+const (
+	StatusOK        = "ok"
+	StatusError     = "error"
+	StatusCancelled = "cancelled"
+)
+
+// Inbound is a user message accepted for a turn.
+type Inbound struct {
+	Tenant         string
+	Subject        string
+	SessionID      uuid.UUID // uuid.Nil creates a new session
+	PersonaID      string
+	Message        string
+	Attachments    []string
+	Metadata       map[string]any
+	IdempotencyKey string // optional; scoped to the tenant
+	RequestHash    string // fingerprint of the request, to tell a retry from a reused key
+}
+
+// Accepted is the outcome of accepting an Inbound message.
+type Accepted struct {
+	Turn      Turn
+	Event     Event // the persisted user.message event
+	Duplicate bool  // an earlier request with the same idempotency key was accepted already
+}
+
+// Turn is one accepted user message waiting for, or being given, its reply.
+// ID is the event id of the user message that started it.
+type Turn struct {
+	ID        uuid.UUID
+	SessionID uuid.UUID
+	Tenant    string
+	PersonaID string
+	Seq       int64 // seq of the user message
+}
+
+// Message is one chat message sent to a model.
+type Message struct {
+	Role    string `json:"role"`
+	Content string `json:"content"`
+}
+
+// ModelRequest is what a turn asks of a model.
+type ModelRequest struct {
+	Model       string
+	Messages    []Message
+	MaxTokens   int      // 0: the provider's default
+	Temperature *float64 // nil: the provider's default
+}
+
+// Delta is a piece of a streamed reply.
+type Delta struct {
+	Text string
+}
+
+// Usage counts tokens of one model call.
+type Usage struct {
+	PromptTokens     int `json:"prompt_tokens"`
+	CompletionTokens int `json:"completion_tokens"`
+	TotalTokens      int `json:"total_tokens"`
+}
+
+// Reply is a model's complete answer.
+type Reply struct {
+	Text         string
+	Model        string
+	FinishReason string
+	Usage        Usage
+}

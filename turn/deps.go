@@ -1,0 +1,81 @@
+package turn
+
+import (
+	"context"
+
+	"github.com/agate-gw/agate"
+	"github.com/google/uuid"
+)
+
+// This file declares everything the turn runner consumes. Adapters live in their own
+// packages (sqlite, postgres, llm/openai, inmem, …) and are chosen in cmd/agate/wire.go.
+
+// Sessions reads and removes sessions. All lookups are scoped to a tenant: a session of
+// another tenant is reported as not found.
+type Sessions interface {
+	// Session returns the session, or an error with code agate.ESessionNotFound.
+	Session(ctx context.Context, tenant string, id uuid.UUID) (agate.Session, error)
+	// Sessions lists a tenant's sessions, most recently updated first, at most limit of them,
+	// starting after the session whose id is after (uuid.Nil: from the start).
+	Sessions(ctx context.Context, tenant string, after uuid.UUID, limit int) ([]agate.Session, error)
+	// DeleteSession removes the session and all its events and pending turns.
+	// It returns an error with code agate.ESessionNotFound if there is none.
+	DeleteSession(ctx context.Context, tenant string, id uuid.UUID) error
+}
+
+// Log is the append-only event log of every session.
+type Log interface {
+	// Accept stores a user message in one transaction: it creates the session if in.SessionID
+	// is uuid.Nil (a new random id) or does not exist yet for in.Tenant, appends the
+	// user.message event and records the pending turn. With an idempotency key that was seen
+	// before for the tenant it writes nothing and returns the first outcome with
+	// Duplicate set, or an error with code agate.EIdempotencyReuse if in.RequestHash differs.
+	// A session id that exists in another tenant gives agate.ESessionNotFound.
+	Accept(ctx context.Context, in agate.Inbound) (agate.Accepted, error)
+	// Append stores events at the end of their session's log, in order, assigning each its
+	// Seq (gap-free, from 1 per session) and CreatedAt; EventID is assigned if nil. If the
+	// event is terminal and done is not nil, the turn is marked finished in the same
+	// transaction. It returns the stored events. Ephemeral events are refused (agate.EInvalid).
+	Append(ctx context.Context, done *agate.Turn, events ...agate.Event) ([]agate.Event, error)
+	// Events returns up to limit events of the session with Seq > after, in order.
+	Events(ctx context.Context, sessionID uuid.UUID, after int64, limit int) ([]agate.Event, error)
+}
+
+// History reads the conversation as a model sees it.
+type History interface {
+	// Messages returns up to limit of the session's latest conversation events (user.message,
+	// and assistant.final with metadata.status "ok") with Seq <= upTo, oldest first.
+	Messages(ctx context.Context, sessionID uuid.UUID, upTo int64, limit int) ([]agate.Event, error)
+}
+
+// Queue lists accepted turns that have not finished, to resume them after a restart.
+type Queue interface {
+	// Pending returns unfinished turns in acceptance order.
+	Pending(ctx context.Context) ([]agate.Turn, error)
+}
+
+// Store is all of the persistence a gateway needs; sqlite and postgres implement it and
+// pass turntest.RunStoreTests.
+type Store interface {
+	Sessions
+	Log
+	History
+	Queue
+	Ping(ctx context.Context) error
+	Close() error
+}
+
+// Model generates one assistant message. Deltas go to emit as they arrive; if emit returns
+// an error, Generate stops and returns it. A failure is an error carrying an agate code
+// (agate.EUpstream, agate.EUpstreamTimeout, agate.EUpstreamAuth, agate.EUpstreamRate,
+// agate.EStreamTruncated); a cancelled ctx gives ctx.Err(). Generate may be called
+// concurrently.
+type Model interface {
+	Generate(ctx context.Context, req agate.ModelRequest, emit func(agate.Delta) error) (agate.Reply, error)
+}
+
+// Publisher fans events out to the session's live subscribers. Publish must not block on
+// slow subscribers.
+type Publisher interface {
+	Publish(ev agate.Event)
+}
