@@ -1,0 +1,204 @@
+package openai
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"syscall"
+	"unicode/utf8"
+
+	"github.com/agate-gw/agate"
+)
+
+// Causes of the request context's cancellation.
+var (
+	errTimeout = errors.New("openai: request timeout exceeded")
+	errIdle    = errors.New("openai: idle timeout exceeded")
+)
+
+// maxMessage bounds the provider text quoted in an error message, in runes.
+const maxMessage = 300
+
+// fail maps an error of the HTTP exchange to what Generate returns.
+func (s *stream) fail(err error) error {
+	if e := s.ctx.Err(); e != nil {
+		return e
+	}
+	switch cause := context.Cause(s.reqCtx); {
+	case errors.Is(cause, errIdle):
+		return agate.Wrap(agate.EUpstreamTimeout, err, fmt.Sprintf(
+			"The LLM provider stopped sending its reply for over %s; try again.", s.c.idle))
+	case errors.Is(cause, errTimeout):
+		return agate.Wrap(agate.EUpstreamTimeout, err, fmt.Sprintf(
+			"The LLM provider did not finish its reply within %s; try again or ask for a shorter reply.", s.c.timeout))
+	}
+	var (
+		netErr  net.Error
+		dnsErr  *net.DNSError
+		opErr   *net.OpError
+		certErr *tls.CertificateVerificationError
+	)
+	switch {
+	case errors.As(err, &dnsErr):
+		return agate.Wrap(agate.EUpstream, err,
+			"The LLM provider is unreachable: its host name does not resolve. Check LLM_BASE_URL.")
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return agate.Wrap(agate.EUpstream, err,
+			"The LLM provider is unreachable: the connection was refused. Check LLM_BASE_URL and that the provider is running.")
+	case errors.As(err, &certErr):
+		return agate.Wrap(agate.EUpstream, err,
+			"The LLM provider's TLS certificate was not accepted. Check LLM_BASE_URL.")
+	case errors.As(err, &netErr) && netErr.Timeout():
+		return agate.Wrap(agate.EUpstreamTimeout, err, "The LLM provider took too long to answer; try again.")
+	case errors.As(err, &opErr) && opErr.Op == "dial":
+		return agate.Wrap(agate.EUpstream, err,
+			"The LLM provider is unreachable. Check LLM_BASE_URL and the network.")
+	}
+	return agate.Wrap(agate.EUpstream, err, "The request to the LLM provider failed; try again.")
+}
+
+// endOfStream maps the error that ended a response body (io.EOF included) to what Generate
+// returns: nil if the reply was complete.
+func (s *stream) endOfStream(err error) error {
+	if e := s.ctx.Err(); e != nil {
+		return e
+	}
+	if s.sawFinish {
+		return nil
+	}
+	var netErr net.Error
+	if context.Cause(s.reqCtx) != nil || (errors.As(err, &netErr) && netErr.Timeout()) {
+		return s.fail(err)
+	}
+	return agate.Wrap(agate.EStreamTruncated, err,
+		"The LLM provider's stream ended before the reply was complete; try again.")
+}
+
+// streamError is an error object that arrived with status 200.
+func (s *stream) streamError(msg string) error {
+	return agate.Errorf(agate.EUpstream, "%s", sentence("The LLM provider reported an error", s.c.clean(msg)))
+}
+
+// statusError maps a response with a non-2xx status to an error, quoting the provider's
+// message.
+func (c *Client) statusError(resp *http.Response, s *stream) error {
+	body, readErr := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
+	if readErr != nil && s.ctx.Err() != nil {
+		return s.ctx.Err()
+	}
+	msg := c.clean(providerMessage(body, resp.Header.Get("Content-Type")))
+	cause := fmt.Errorf("HTTP %s: %s", resp.Status, c.clean(string(body)))
+	code := resp.StatusCode
+	head := fmt.Sprintf("(HTTP %d)", code)
+	switch code {
+	case http.StatusUnauthorized, http.StatusForbidden:
+		hint := " Check LLM_API_KEY."
+		if c.key == "" {
+			hint = " No API key is configured; set LLM_API_KEY."
+		}
+		return agate.Wrap(agate.EUpstreamAuth, cause,
+			sentence("The LLM provider refused the gateway's credentials "+head, msg)+hint)
+	case http.StatusTooManyRequests:
+		return agate.Wrap(agate.EUpstreamRate, cause,
+			sentence("The LLM provider is rate limiting the gateway "+head, msg)+retryAfter(resp.Header))
+	case http.StatusRequestTimeout, http.StatusGatewayTimeout:
+		return agate.Wrap(agate.EUpstreamTimeout, cause,
+			sentence("The LLM provider timed out "+head, msg)+" Try again.")
+	}
+	if code >= 300 && code <= 399 {
+		return agate.Wrap(agate.EUpstream, cause, fmt.Sprintf(
+			"The LLM base URL redirects elsewhere (HTTP %d). Set LLM_BASE_URL to the URL it redirects to.", code))
+	}
+	hint := retryAfter(resp.Header)
+	if code == http.StatusNotFound {
+		hint += " Check LLM_BASE_URL (it usually ends in /v1) and LLM_MODEL."
+	}
+	return agate.Wrap(agate.EUpstream, cause,
+		sentence("The LLM provider answered with an error "+head, msg)+hint)
+}
+
+// retryAfter renders a Retry-After header (seconds or an HTTP date) as a sentence, or "".
+func retryAfter(h http.Header) string {
+	v := strings.TrimSpace(h.Get("Retry-After"))
+	if n, err := strconv.Atoi(v); err == nil && n >= 0 {
+		if n == 1 {
+			return " Retry after 1 second."
+		}
+		return fmt.Sprintf(" Retry after %d seconds.", n)
+	}
+	if t, err := http.ParseTime(v); err == nil {
+		return " Retry after " + t.UTC().Format(http.TimeFormat) + "."
+	}
+	return ""
+}
+
+// providerMessage extracts the error message from an error body: {"error":{"message"}},
+// {"error":"…"}, {"message":"…"} or {"detail":"…"}; a text/plain body is the message.
+func providerMessage(body []byte, contentType string) string {
+	var v struct {
+		Error   json.RawMessage `json:"error"`
+		Message json.RawMessage `json:"message"`
+		Detail  json.RawMessage `json:"detail"`
+	}
+	if err := json.Unmarshal(body, &v); err == nil {
+		for _, raw := range []json.RawMessage{v.Error, v.Message, v.Detail} {
+			if m := errorMessage(raw); m != "" {
+				return m
+			}
+		}
+		return ""
+	}
+	if mt, _, _ := mime.ParseMediaType(contentType); mt == "text/plain" {
+		return string(body)
+	}
+	return ""
+}
+
+// errorMessage returns the message of an error value that is a string or an object with
+// a string "message".
+func errorMessage(raw json.RawMessage) string {
+	var s string
+	if json.Unmarshal(raw, &s) == nil {
+		return s
+	}
+	var obj struct {
+		Message string `json:"message"`
+	}
+	if json.Unmarshal(raw, &obj) == nil {
+		return obj.Message
+	}
+	return ""
+}
+
+// clean makes provider text fit for an error message: the API key redacted, valid UTF-8 on
+// one line, at most maxMessage runes.
+func (c *Client) clean(s string) string {
+	if len(c.key) >= 4 {
+		s = strings.ReplaceAll(s, c.key, "[redacted]")
+	}
+	s = strings.Join(strings.Fields(strings.ToValidUTF8(s, "\uFFFD")), " ")
+	if utf8.RuneCountInString(s) > maxMessage {
+		s = string([]rune(s)[:maxMessage]) + "…"
+	}
+	return s
+}
+
+// sentence returns head + ": " + msg as a sentence ending in punctuation, or head + "."
+// when msg is empty.
+func sentence(head, msg string) string {
+	if msg == "" {
+		return head + "."
+	}
+	if !strings.HasSuffix(msg, ".") && !strings.HasSuffix(msg, "!") && !strings.HasSuffix(msg, "?") && !strings.HasSuffix(msg, "…") {
+		msg += "."
+	}
+	return head + ": " + msg
+}
