@@ -1,0 +1,246 @@
+package turn_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/agate-gw/agate"
+	"github.com/agate-gw/agate/inmem"
+	"github.com/agate-gw/agate/llm/llmtest"
+	"github.com/agate-gw/agate/sqlite"
+	"github.com/agate-gw/agate/turn"
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/uuid"
+)
+
+// rig is a runner on a real SQLite store with a scripted model, running until the test ends.
+type rig struct {
+	store  *sqlite.Store
+	hub    *inmem.Hub
+	runner *turn.Runner
+	model  turn.Model
+}
+
+func newRig(t *testing.T, model turn.Model, cfg turn.Config) *rig {
+	t.Helper()
+	store, err := sqlite.Open(t.Context(), filepath.Join(t.TempDir(), "agate.db"), sqlite.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	hub := inmem.NewHub(0)
+	r := &rig{store: store, hub: hub, model: model,
+		runner: turn.New(store, model, hub, slog.New(slog.NewTextHandler(io.Discard, nil)), cfg)}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.runner.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	return r
+}
+
+// send accepts a message and returns the subscription that will see its turn.
+func (r *rig) send(t *testing.T, session uuid.UUID, msg string) (agate.Accepted, *inmem.Subscription) {
+	t.Helper()
+	if session == uuid.Nil {
+		session = uuid.New()
+	}
+	sub := r.hub.Subscribe(session)
+	t.Cleanup(sub.Close)
+	acc, err := r.runner.Send(t.Context(), agate.Inbound{Tenant: "t1", Subject: "u1", SessionID: session, Message: msg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return acc, sub
+}
+
+// untilTerminal collects events up to the turn's terminal one.
+func untilTerminal(t *testing.T, sub *inmem.Subscription) []agate.Event {
+	t.Helper()
+	var out []agate.Event
+	timeout := time.After(10 * time.Second)
+	for {
+		select {
+		case ev, ok := <-sub.Events():
+			if !ok {
+				t.Fatal("subscription closed before the terminal event")
+			}
+			out = append(out, ev)
+			if agate.Terminal(ev.Type) {
+				return out
+			}
+		case <-timeout:
+			t.Fatalf("no terminal event; got %d events", len(out))
+		}
+	}
+}
+
+func TestTurnEndsWithExactlyOneTerminalEvent(t *testing.T) {
+	tests := []struct {
+		name       string
+		reply      llmtest.Reply
+		status     string
+		code       agate.Code
+		message    string
+		stored     bool // the reply is part of the conversation afterwards
+		turnConfig turn.Config
+	}{
+		{name: "success", reply: llmtest.Text("Hel", "lo"), status: "ok", message: "Hello", stored: true},
+		{name: "provider error before any text", reply: llmtest.Fail(agate.Errorf(agate.EUpstreamAuth, "The provider refused the API key.")),
+			status: "error", code: agate.EUpstreamAuth, message: "The provider refused the API key."},
+		{name: "stream cut off midway", reply: llmtest.Text("partial ").Fail(agate.Errorf(agate.EStreamTruncated, "The provider's stream ended early.")),
+			status: "error", code: agate.EStreamTruncated, message: "partial "},
+		{name: "error without a code", reply: llmtest.Fail(errors.New("boom")), status: "error", code: agate.EInternal},
+		{name: "model hangs past the turn timeout", reply: llmtest.Text("slow ").Hang(), status: "error", code: agate.EUpstreamTimeout,
+			message: "slow ", turnConfig: turn.Config{TurnTimeout: 50 * time.Millisecond}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newRig(t, llmtest.New(tc.reply), tc.turnConfig)
+			acc, sub := r.send(t, uuid.Nil, "hi")
+			evs := untilTerminal(t, sub)
+			final := evs[len(evs)-1]
+			if final.Type != agate.TypeFinal || final.Metadata["status"] != tc.status {
+				t.Fatalf("terminal = %s %v, want assistant.final status %s", final.Type, final.Metadata, tc.status)
+			}
+			if tc.code != "" && final.Metadata["code"] != string(tc.code) {
+				t.Fatalf("code = %v, want %s", final.Metadata["code"], tc.code)
+			}
+			if tc.message != "" && final.Message != tc.message {
+				t.Fatalf("message = %q, want %q", final.Message, tc.message)
+			}
+			if final.Metadata["turn_id"] != acc.Turn.ID.String() {
+				t.Fatalf("terminal event names turn %v, want %s", final.Metadata["turn_id"], acc.Turn.ID)
+			}
+			stored, err := r.store.Events(t.Context(), acc.Turn.SessionID, 0, 100)
+			if err != nil {
+				t.Fatal(err)
+			}
+			terminals := 0
+			for _, ev := range stored {
+				if agate.Terminal(ev.Type) {
+					terminals++
+				}
+				if ev.Type == agate.TypeStream {
+					t.Fatal("a stream delta was stored")
+				}
+			}
+			if terminals != 1 {
+				t.Fatalf("%d terminal events stored, want 1", terminals)
+			}
+			msgs, _ := r.store.Messages(t.Context(), acc.Turn.SessionID, 1<<62, 10)
+			if got := len(msgs) == 2; got != tc.stored {
+				t.Fatalf("reply in the conversation = %v, want %v", got, tc.stored)
+			}
+			if pending, _ := r.store.Pending(t.Context()); len(pending) != 0 {
+				t.Fatalf("%d turns still pending after their end", len(pending))
+			}
+		})
+	}
+}
+
+func TestCancelEndsTheRunningTurnAsCancelled(t *testing.T) {
+	model := llmtest.New(llmtest.Text("thinking about it ").Hang(), llmtest.Text("ok"))
+	r := newRig(t, model, turn.Config{})
+	acc, sub := r.send(t, uuid.Nil, "long task")
+	<-model.Blocked(1)
+	if !r.runner.Cancel(acc.Turn.SessionID) {
+		t.Fatal("Cancel found no running turn")
+	}
+	evs := untilTerminal(t, sub)
+	final := evs[len(evs)-1]
+	if final.Metadata["status"] != "cancelled" || final.Metadata["code"] != string(agate.ECancelled) || final.Message != "thinking about it " {
+		t.Fatalf("cancelled turn ended with %q %v", final.Message, final.Metadata)
+	}
+	// The cancel ended that turn only: the session's next turn runs normally.
+	_, sub = r.send(t, acc.Turn.SessionID, "again")
+	if evs := untilTerminal(t, sub); evs[len(evs)-1].Metadata["status"] != "ok" {
+		t.Fatalf("turn after a cancelled one ended %v", evs[len(evs)-1].Metadata)
+	}
+}
+
+func TestModelPanicEndsTheTurnAndTheRunnerGoesOn(t *testing.T) {
+	r := newRig(t, panicky{llmtest.New(llmtest.Text("fine"))}, turn.Config{Workers: 1})
+	_, sub := r.send(t, uuid.Nil, "panic please")
+	evs := untilTerminal(t, sub)
+	if got := evs[len(evs)-1].Metadata["code"]; got != string(agate.EInternal) {
+		t.Fatalf("panicking turn ended with code %v", got)
+	}
+	_, sub = r.send(t, uuid.Nil, "and now?")
+	if evs := untilTerminal(t, sub); evs[len(evs)-1].Message != "fine" {
+		t.Fatalf("next turn ended %+v", evs[len(evs)-1])
+	}
+}
+
+// panicky panics when asked to.
+type panicky struct{ next turn.Model }
+
+func (p panicky) Generate(ctx context.Context, req agate.ModelRequest, emit func(agate.Delta) error) (agate.Reply, error) {
+	if req.Messages[len(req.Messages)-1].Content == "panic please" {
+		panic("provider bug")
+	}
+	return p.next.Generate(ctx, req, emit)
+}
+
+func TestTooManyQueuedTurnsAreRefusedBeforeAnythingIsStored(t *testing.T) {
+	model := llmtest.New(llmtest.Wait().Text("done"))
+	r := newRig(t, model, turn.Config{Workers: 1, MaxQueued: 2})
+	s := uuid.New()
+	r.send(t, s, "one")
+	r.send(t, s, "two")
+	_, err := r.runner.Send(t.Context(), agate.Inbound{Tenant: "t1", SessionID: s, Message: "three"})
+	if agate.ErrorCode(err) != agate.EOverloaded {
+		t.Fatalf("third message: %v, want %s", err, agate.EOverloaded)
+	}
+	evs, _ := r.store.Events(t.Context(), s, 0, 100)
+	for _, ev := range evs {
+		if ev.Message == "three" {
+			t.Fatal("a refused message was stored")
+		}
+	}
+	model.Release()
+	model.Release()
+}
+
+func TestStreamEventsCarryCumulativeTextAndOffsets(t *testing.T) {
+	r := newRig(t, llmtest.New(llmtest.Text("Hé", "llo", " wörld")), turn.Config{})
+	_, sub := r.send(t, uuid.Nil, "hi")
+	var got []string
+	var base int64
+	for _, ev := range untilTerminal(t, sub) {
+		switch ev.Type {
+		case agate.TypeThinking:
+			base = ev.Seq
+		case agate.TypeStream:
+			if ev.Seq != base || ev.Offset != len(ev.Message) {
+				t.Fatalf("stream event seq %d offset %d for %q; want seq %d and the byte length", ev.Seq, ev.Offset, ev.Message, base)
+			}
+			got = append(got, ev.Message+"|"+ev.Delta)
+		}
+	}
+	want := []string{"Hé|Hé", "Héllo|llo", "Héllo wörld| wörld"}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Fatalf("stream (-want +got):\n%s", diff)
+	}
+}
+
+func TestDifferentSessionsRunInParallel(t *testing.T) {
+	model := llmtest.New(llmtest.Wait().Text("a"))
+	r := newRig(t, model, turn.Config{Workers: 2})
+	_, subA := r.send(t, uuid.Nil, "a")
+	_, subB := r.send(t, uuid.Nil, "b")
+	<-model.Blocked(2) // both turns are running at once
+	model.Release()
+	model.Release()
+	untilTerminal(t, subA)
+	untilTerminal(t, subB)
+}
