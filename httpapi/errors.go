@@ -1,0 +1,84 @@
+package httpapi
+
+import (
+	"encoding/json"
+	"net/http"
+	"strconv"
+
+	"github.com/agate-gw/agate"
+)
+
+// status maps each error code to its HTTP status. It is the only place that does.
+func status(code agate.Code) int {
+	switch code {
+	case agate.EInvalid, agate.EInvalidJSON, agate.EUnknownField, agate.EInvalidUTF8,
+		agate.EEmptyMessage, agate.EInvalidSessionID, agate.EInvalidCursor:
+		return http.StatusBadRequest
+	case agate.EUnauthenticated:
+		return http.StatusUnauthorized
+	case agate.EForbidden:
+		return http.StatusForbidden
+	case agate.ENotFound, agate.ESessionNotFound:
+		return http.StatusNotFound
+	case agate.EMethodNotAllowed:
+		return http.StatusMethodNotAllowed
+	case agate.EIdempotencyReuse:
+		return http.StatusConflict
+	case agate.EMessageTooLarge, agate.EBodyTooLarge:
+		return http.StatusRequestEntityTooLarge
+	case agate.EUnsupportedMedia:
+		return http.StatusUnsupportedMediaType
+	case agate.EUpgradeRequired:
+		return http.StatusUpgradeRequired
+	case agate.EOverloaded:
+		return http.StatusTooManyRequests
+	case agate.EUpstream, agate.EUpstreamAuth, agate.EUpstreamRate, agate.EStreamTruncated, agate.ELLMNotConfigured:
+		return http.StatusBadGateway
+	case agate.EUpstreamTimeout:
+		return http.StatusGatewayTimeout
+	case agate.EUnavailable:
+		return http.StatusServiceUnavailable
+	default:
+		return http.StatusInternalServerError
+	}
+}
+
+// retryAfter is the Retry-After, in seconds, sent with statuses that invite a retry.
+const retryAfter = 1
+
+// errorBody is what every error response carries.
+type errorBody struct {
+	Detail    string     `json:"detail"`
+	Code      agate.Code `json:"code"`
+	RequestID string     `json:"request_id"`
+}
+
+// fail answers with err's status and body. Errors without a code are logged (once, here)
+// and answered with a generic 500: internal details never reach the client.
+func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
+	s.logError(r, err)
+	code := agate.ErrorCode(err)
+	st := status(code)
+	if st == http.StatusTooManyRequests || st == http.StatusServiceUnavailable {
+		w.Header().Set("Retry-After", strconv.Itoa(retryAfter))
+	}
+	writeJSON(w, st, errorBody{Detail: agate.ErrorMessage(err), Code: code, RequestID: requestID(r.Context())})
+}
+
+// logError logs err: server faults as errors, refused requests at debug level.
+func (s *Server) logError(r *http.Request, err error) {
+	if status(agate.ErrorCode(err)) >= 500 {
+		s.log.ErrorContext(r.Context(), "request failed", "request_id", requestID(r.Context()), "err", err)
+	} else {
+		s.log.DebugContext(r.Context(), "request refused", "request_id", requestID(r.Context()), "err", err)
+	}
+}
+
+// writeJSON answers with v as JSON.
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(v) // the client went away; nothing to do
+}

@@ -1,0 +1,142 @@
+// Package httpapi is the gateway's HTTP and WebSocket API: routes, middleware, SSE and
+// WebSocket streaming, and the one mapping from error codes to HTTP statuses.
+package httpapi
+
+import (
+	"context"
+	"log/slog"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/agate-gw/agate"
+	"github.com/agate-gw/agate/inmem"
+	"github.com/agate-gw/agate/metrics"
+	"github.com/agate-gw/agate/turn"
+	"github.com/google/uuid"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Runner accepts messages and controls running turns (turn.Runner).
+type Runner interface {
+	// Send persists the message and queues its turn; see turn.Runner.Send.
+	Send(ctx context.Context, in agate.Inbound) (agate.Accepted, error)
+	// Cancel stops the session's running turn and reports whether one was running.
+	Cancel(session uuid.UUID) bool
+}
+
+// Store is what the API reads directly.
+type Store interface {
+	turn.Sessions
+	turn.History
+	Events(ctx context.Context, sessionID uuid.UUID, after int64, limit int) ([]agate.Event, error)
+}
+
+// Authenticator resolves the principal of a request. It returns an error with code
+// agate.EUnauthenticated for missing or bad credentials, and another code (such as
+// agate.EUnavailable) when it cannot tell.
+type Authenticator interface {
+	Authenticate(r *http.Request) (agate.Principal, error)
+}
+
+// Check is one component of /v1/health.
+type Check struct {
+	Name     string
+	Required bool                            // its failure makes the gateway "down" and not ready
+	Probe    func(ctx context.Context) error // nil error: the component works
+}
+
+// Config tunes the API. The zero value is usable.
+type Config struct {
+	MaxBodyBytes    int64         // request body limit; default 256 KiB
+	MaxMessageBytes int           // user message limit; default 64 KiB
+	Heartbeat       time.Duration // SSE comment and WebSocket ping interval; default 15s
+	WriteTimeout    time.Duration // for one streamed frame; default 30s
+}
+
+func (c *Config) setDefaults() {
+	if c.MaxBodyBytes <= 0 {
+		c.MaxBodyBytes = 256 << 10
+	}
+	if c.MaxMessageBytes <= 0 {
+		c.MaxMessageBytes = 64 << 10
+	}
+	if c.Heartbeat <= 0 {
+		c.Heartbeat = 15 * time.Second
+	}
+	if c.WriteTimeout <= 0 {
+		c.WriteTimeout = 30 * time.Second
+	}
+}
+
+// Server is the API's http.Handler.
+type Server struct {
+	runner   Runner
+	store    Store
+	hub      *inmem.Hub
+	auth     Authenticator
+	checks   []Check
+	log      *slog.Logger
+	metrics  *metrics.HTTP
+	gatherer prometheus.Gatherer
+	cfg      Config
+	draining atomic.Bool
+	stop     chan struct{} // closed by Drain: open streams end
+	stopOnce sync.Once
+	handler  http.Handler
+}
+
+// New returns the API. Metrics are registered on reg and served from it.
+func New(runner Runner, store Store, hub *inmem.Hub, auth Authenticator, checks []Check,
+	log *slog.Logger, reg *prometheus.Registry, cfg Config) *Server {
+	cfg.setDefaults()
+	s := &Server{
+		runner: runner, store: store, hub: hub, auth: auth, checks: checks, log: log,
+		metrics: metrics.NewHTTP(reg), gatherer: reg, cfg: cfg, stop: make(chan struct{}),
+	}
+	mux := http.NewServeMux()
+	for _, rt := range s.routes() {
+		h := rt.handler
+		if rt.auth {
+			h = s.authenticate(h)
+		}
+		mux.Handle(rt.method+" "+rt.pattern, h)
+	}
+	mux.Handle("/", s.notFound(mux))
+	s.handler = s.observe(mux)
+	return s
+}
+
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.handler.ServeHTTP(w, r) }
+
+// Drain marks the gateway as shutting down: /readyz fails from then on, and open SSE and
+// WebSocket streams end (clients reconnect to another replica and resume).
+func (s *Server) Drain() {
+	s.draining.Store(true)
+	s.stopOnce.Do(func() { close(s.stop) })
+}
+
+// notFound answers requests no route matched: 405 with Allow when the path exists for
+// other methods, else 404.
+func (s *Server) notFound(mux *http.ServeMux) http.Handler {
+	methods := []string{http.MethodGet, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var allow []string
+		for _, m := range methods {
+			probe := r.Clone(r.Context())
+			probe.Method = m
+			if _, pattern := mux.Handler(probe); pattern != "" && pattern != "/" {
+				allow = append(allow, m)
+			}
+		}
+		if len(allow) > 0 {
+			for _, m := range allow {
+				w.Header().Add("Allow", m)
+			}
+			s.fail(w, r, agate.Errorf(agate.EMethodNotAllowed, "%s is not allowed on %s.", r.Method, r.URL.Path))
+			return
+		}
+		s.fail(w, r, agate.Errorf(agate.ENotFound, "No route %s %s.", r.Method, r.URL.Path))
+	})
+}

@@ -1,0 +1,160 @@
+package httpapi
+
+import (
+	"math"
+	"net/http"
+	"strconv"
+
+	"github.com/agate-gw/agate"
+	"github.com/google/uuid"
+)
+
+// session returns the session named by the {id} path value, if the caller's tenant has it.
+func (s *Server) session(r *http.Request) (agate.Session, error) {
+	id, err := parseSessionID(r.PathValue("id"))
+	if err != nil {
+		return agate.Session{}, err
+	}
+	p, _ := agate.PrincipalFrom(r.Context())
+	return s.store.Session(r.Context(), p.Tenant, id)
+}
+
+// queryInt reads an integer query parameter within [min, max], def when absent.
+func queryInt(r *http.Request, name string, def, min, max int64) (int64, error) {
+	v := r.URL.Query().Get(name)
+	if v == "" {
+		return def, nil
+	}
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || n < min || n > max {
+		return 0, agate.Errorf(agate.EInvalidCursor, "Query parameter %s must be an integer from %d to %d.", name, min, max)
+	}
+	return n, nil
+}
+
+type sessionsPage struct {
+	Sessions  []agate.Session `json:"sessions"`
+	NextAfter string          `json:"next_after,omitempty"` // pass as ?after= for the next page
+}
+
+// handleListSessions lists the tenant's sessions, most recently active first.
+func (s *Server) handleListSessions() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		limit, err := queryInt(r, "limit", 50, 1, 500)
+		if err != nil {
+			s.fail(w, r, err)
+			return
+		}
+		after := uuid.Nil
+		if a := r.URL.Query().Get("after"); a != "" {
+			if after, err = parseSessionID(a); err != nil {
+				s.fail(w, r, agate.Errorf(agate.EInvalidCursor, "Query parameter after must be a session id."))
+				return
+			}
+		}
+		p, _ := agate.PrincipalFrom(r.Context())
+		list, err := s.store.Sessions(r.Context(), p.Tenant, after, int(limit))
+		if err != nil {
+			s.fail(w, r, err)
+			return
+		}
+		page := sessionsPage{Sessions: list}
+		if page.Sessions == nil {
+			page.Sessions = []agate.Session{}
+		}
+		if len(list) == int(limit) {
+			page.NextAfter = list[len(list)-1].ID.String()
+		}
+		writeJSON(w, http.StatusOK, page)
+	})
+}
+
+type eventsPage struct {
+	SessionID uuid.UUID     `json:"session_id"`
+	Events    []agate.Event `json:"events"`
+	NextAfter int64         `json:"next_after"` // pass as ?after= for the next page
+	HasMore   bool          `json:"has_more"`
+}
+
+// handleListEvents pages through a session's stored events by seq.
+func (s *Server) handleListEvents() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		sess, err := s.session(r)
+		if err != nil {
+			s.fail(w, r, err)
+			return
+		}
+		after, err := queryInt(r, "after", 0, 0, math.MaxInt64)
+		if err != nil {
+			s.fail(w, r, err)
+			return
+		}
+		limit, err := queryInt(r, "limit", 100, 1, 1000)
+		if err != nil {
+			s.fail(w, r, err)
+			return
+		}
+		evs, err := s.store.Events(r.Context(), sess.ID, after, int(limit))
+		if err != nil {
+			s.fail(w, r, err)
+			return
+		}
+		page := eventsPage{SessionID: sess.ID, Events: evs, NextAfter: after}
+		if page.Events == nil {
+			page.Events = []agate.Event{}
+		}
+		if len(evs) > 0 {
+			page.NextAfter = evs[len(evs)-1].Seq
+		}
+		page.HasMore = page.NextAfter < sess.LastSeq
+		writeJSON(w, http.StatusOK, page)
+	})
+}
+
+type historyBody struct {
+	Session  agate.Session `json:"session"`
+	Messages []agate.Event `json:"messages"`
+}
+
+// handleHistory returns the conversation: user messages and successful replies, oldest first.
+func (s *Server) handleHistory() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		sess, err := s.session(r)
+		if err != nil {
+			s.fail(w, r, err)
+			return
+		}
+		limit, err := queryInt(r, "limit", 200, 1, 1000)
+		if err != nil {
+			s.fail(w, r, err)
+			return
+		}
+		msgs, err := s.store.Messages(r.Context(), sess.ID, math.MaxInt64, int(limit))
+		if err != nil {
+			s.fail(w, r, err)
+			return
+		}
+		if msgs == nil {
+			msgs = []agate.Event{}
+		}
+		writeJSON(w, http.StatusOK, historyBody{Session: sess, Messages: msgs})
+	})
+}
+
+// handleDeleteSession cancels the session's running turn and deletes it with its events.
+func (s *Server) handleDeleteSession() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		id, err := parseSessionID(r.PathValue("id"))
+		if err != nil {
+			s.fail(w, r, err)
+			return
+		}
+		p, _ := agate.PrincipalFrom(r.Context())
+		if err := s.store.DeleteSession(r.Context(), p.Tenant, id); err != nil {
+			s.fail(w, r, err)
+			return
+		}
+		s.runner.Cancel(id)
+		w.WriteHeader(http.StatusNoContent)
+	})
+}

@@ -1,0 +1,237 @@
+package httpapi
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/agate-gw/agate"
+	"github.com/agate-gw/agate/inmem"
+	"github.com/coder/websocket"
+	"github.com/google/uuid"
+)
+
+// WebSocket close codes (DESIGN.md §3).
+const (
+	closeBadFrame        websocket.StatusCode = 4000
+	closeUnauthenticated websocket.StatusCode = 4001
+	closeForbidden       websocket.StatusCode = 4003
+	closeUnknownSession  websocket.StatusCode = 4004
+)
+
+// clientFrame is anything a client may send. Type says which fields apply.
+type clientFrame struct {
+	Type string `json:"type"` // message, resume, cancel, ping
+	messageBody
+	After  *int64 `json:"after,omitempty"`  // resume: after this seq…
+	Offset int    `json:"offset,omitempty"` // …and this many bytes of the text streamed after it
+}
+
+// serverFrame is a reply to a client frame that is not an event.
+type serverFrame struct {
+	Type      string     `json:"type"` // ack, pong, cancel, error
+	SessionID uuid.UUID  `json:"session_id,omitzero"`
+	EventID   uuid.UUID  `json:"event_id,omitzero"`
+	Seq       int64      `json:"seq,omitempty"`
+	Duplicate bool       `json:"duplicate,omitempty"`
+	Cancelled *bool      `json:"cancelled,omitempty"`
+	Code      agate.Code `json:"code,omitempty"`
+	Detail    string     `json:"detail,omitempty"`
+}
+
+// handleWebSocket serves a session over a WebSocket: events out, exactly as SSE sends
+// them; messages, resume, cancel and ping in. A malformed frame closes with 4000, an
+// unknown session with 4004; an invalid message gets an error frame and the connection
+// stays open.
+func (s *Server) handleWebSocket() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
+			s.fail(w, r, agate.Errorf(agate.EUpgradeRequired, "This route speaks WebSocket; send an Upgrade request."))
+			return
+		}
+		c, err := parseCursor(r.URL.Query().Get("after"))
+		if err != nil {
+			s.fail(w, r, err)
+			return
+		}
+		conn, err := websocket.Accept(w, r, nil)
+		if err != nil {
+			return // Accept has answered the client
+		}
+		defer conn.CloseNow()
+		conn.SetReadLimit(s.cfg.MaxBodyBytes)
+		s.metrics.WSClients.Inc()
+		defer s.metrics.WSClients.Dec()
+
+		sess, err := s.session(r)
+		if err != nil {
+			switch agate.ErrorCode(err) {
+			case agate.ESessionNotFound, agate.EInvalidSessionID:
+				conn.Close(closeUnknownSession, agate.ErrorMessage(err))
+			default:
+				s.logError(r, err)
+				conn.Close(websocket.StatusInternalError, agate.ErrorMessage(err))
+			}
+			return
+		}
+		sub := s.hub.Subscribe(sess.ID)
+		defer sub.Close()
+		ws := &wsConn{Server: s, ctx: r.Context(), conn: conn, sub: sub, session: sess.ID, resume: make(chan cursor, 1)}
+		ws.serve(r, c)
+	})
+}
+
+type wsConn struct {
+	*Server
+	ctx     context.Context // the request's: done when the client is gone
+	once    sync.Once       // of end
+	conn    *websocket.Conn
+	sub     *inmem.Subscription // one for the connection, across resumes
+	session uuid.UUID
+	resume  chan cursor // latest resume request; the writer restarts from it
+}
+
+// write sends one frame. Writes run under the connection's own context, never a context
+// that is cancelled to stop the writer: coder/websocket closes a connection whose write is
+// cancelled midway.
+func (ws *wsConn) write(v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ws.ctx, ws.cfg.WriteTimeout)
+	defer cancel()
+	return ws.conn.Write(ctx, websocket.MessageText, b)
+}
+
+// serve reads client frames until the client leaves, sends a bad frame, or the writer
+// ends the connection; meanwhile a goroutine writes the session's events.
+func (ws *wsConn) serve(r *http.Request, c cursor) {
+	wctx, stop := context.WithCancel(ws.ctx)
+	wdone := make(chan struct{})
+	go func() {
+		defer close(wdone)
+		if err := ws.writeEvents(wctx, c); wctx.Err() == nil {
+			ws.end(err) // unblocks the reader
+		}
+	}()
+	err := ws.readFrames(r)
+	stop()
+	<-wdone
+	ws.end(err)
+}
+
+// end closes the connection with the close code err calls for; only the first call counts.
+func (ws *wsConn) end(err error) {
+	ws.once.Do(func() {
+		var ce closeError
+		switch {
+		case errors.As(err, &ce):
+			ws.conn.Close(ce.code, ce.reason)
+		case errors.Is(err, errLagged):
+			ws.conn.Close(websocket.StatusTryAgainLater, "fell behind; reconnect and resume")
+		case errors.Is(err, errDraining):
+			ws.conn.Close(websocket.StatusGoingAway, "gateway shutting down; reconnect and resume")
+		default:
+			ws.conn.Close(websocket.StatusNormalClosure, "")
+		}
+	})
+}
+
+// writeEvents follows the session from c, and again from wherever the client asks to resume.
+func (ws *wsConn) writeEvents(ctx context.Context, c cursor) error {
+	send := func(ev agate.Event) error { return ws.write(ev) }
+	beat := time.NewTicker(ws.cfg.Heartbeat)
+	defer beat.Stop()
+	ping := func() error {
+		pctx, cancel := context.WithTimeout(ws.ctx, ws.cfg.WriteTimeout)
+		defer cancel()
+		return ws.conn.Ping(pctx)
+	}
+	for {
+		fctx, stop := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() { done <- ws.follow(fctx, ws.sub, ws.session, c, send, beat.C, ping) }()
+		select {
+		case c = <-ws.resume:
+			stop()
+			<-done
+		case err := <-done:
+			stop()
+			if err == nil {
+				err = ctx.Err()
+			}
+			return err
+		}
+	}
+}
+
+// closeError ends the connection with a close code.
+type closeError struct {
+	code   websocket.StatusCode
+	reason string
+}
+
+func (e closeError) Error() string { return e.reason }
+
+// readFrames handles client frames until the client goes or sends a malformed one.
+func (ws *wsConn) readFrames(r *http.Request) error {
+	for {
+		typ, data, err := ws.conn.Read(ws.ctx)
+		if err != nil {
+			return err
+		}
+		if typ != websocket.MessageText {
+			return closeError{closeBadFrame, "send JSON text frames"}
+		}
+		var f clientFrame
+		if err := decodeJSON(data, &f); err != nil {
+			return closeError{closeBadFrame, agate.ErrorMessage(err)}
+		}
+		switch f.Type {
+		case "ping":
+			err = ws.write(serverFrame{Type: "pong"})
+		case "cancel":
+			cancelled := ws.runner.Cancel(ws.session)
+			err = ws.write(serverFrame{Type: "cancel", SessionID: ws.session, Cancelled: &cancelled})
+		case "resume":
+			if f.After == nil || *f.After < 0 || f.Offset < 0 {
+				return closeError{closeBadFrame, "resume needs after: a seq >= 0 (and optionally offset >= 0)"}
+			}
+			select {
+			case <-ws.resume:
+			default:
+			}
+			ws.resume <- cursor{seq: *f.After, offset: f.Offset}
+		case "message":
+			err = ws.message(r, f.messageBody)
+		default:
+			return closeError{closeBadFrame, "unknown frame type " + truncate(f.Type, 32)}
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// message accepts a user message sent over the socket; it answers an ack or an error frame.
+func (ws *wsConn) message(r *http.Request, b messageBody) error {
+	if b.SessionID != "" && b.SessionID != ws.session.String() {
+		return ws.write(serverFrame{Type: "error", Code: agate.EInvalidSessionID, Detail: "session_id must be this stream's session or be left out."})
+	}
+	b.SessionID = ws.session.String()
+	p, _ := agate.PrincipalFrom(r.Context())
+	in, err := ws.inbound(p, b)
+	if err == nil {
+		var acc agate.Accepted
+		if acc, err = ws.runner.Send(ws.ctx, in); err == nil {
+			return ws.write(serverFrame{Type: "ack", SessionID: acc.Turn.SessionID, EventID: acc.Event.EventID, Seq: acc.Event.Seq, Duplicate: acc.Duplicate})
+		}
+	}
+	ws.logError(r, err)
+	return ws.write(serverFrame{Type: "error", Code: agate.ErrorCode(err), Detail: agate.ErrorMessage(err)})
+}
