@@ -1,0 +1,126 @@
+// Package bench holds the gateway's benchmarks: the hot paths measured in CPU time per
+// operation, which stays meaningful on a shared, noisy machine where wall time does not.
+//
+//	make bench
+package bench
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/agate-gw/agate"
+	"github.com/agate-gw/agate/authn"
+	"github.com/agate-gw/agate/httpapi"
+	"github.com/agate-gw/agate/inmem"
+	"github.com/agate-gw/agate/sqlite"
+	"github.com/agate-gw/agate/turn"
+	"github.com/google/uuid"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// cpuTime returns the process's user+system CPU time so far.
+func cpuTime(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// measureCPU runs the benchmark loop and reports CPU µs per operation beside ns/op.
+func measureCPU(b *testing.B, loop func()) {
+	b.ReportAllocs()
+	b.ResetTimer()
+	before := cpuTime(b)
+	loop()
+	b.StopTimer()
+	b.ReportMetric(float64((cpuTime(b)-before).Microseconds())/float64(b.N), "cpu-µs/op")
+}
+
+type nopModel struct{}
+
+func (nopModel) Generate(context.Context, agate.ModelRequest, func(agate.Delta) error) (agate.Reply, error) {
+	return agate.Reply{}, nil
+}
+
+// BenchmarkAcceptMessage is POST /v1/session/message through the whole HTTP handler
+// (middleware, validation, one SQLite transaction, queueing) without the network and
+// without running the turn.
+func BenchmarkAcceptMessage(b *testing.B) {
+	ctx := context.Background()
+	store, err := sqlite.Open(ctx, filepath.Join(b.TempDir(), "agate.db"), sqlite.Config{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer store.Close()
+	log := slog.New(slog.NewJSONHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelError}))
+	hub := inmem.NewHub(0)
+	runner := turn.New(store, nopModel{}, hub, log, turn.Config{MaxQueued: 1 << 30})
+	api := httpapi.New(runner, store, hub, authn.Anonymous{Tenant: "public"}, nil, log, prometheus.NewRegistry(), httpapi.Config{})
+
+	post := func(body string) {
+		req := httptest.NewRequest("POST", "/v1/session/message", strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		rec := httptest.NewRecorder()
+		api.ServeHTTP(rec, req)
+		if rec.Code != http.StatusOK {
+			b.Fatalf("POST answered %d %s", rec.Code, rec.Body)
+		}
+	}
+	b.Run("new-session", func(b *testing.B) {
+		measureCPU(b, func() {
+			for b.Loop() {
+				post(`{"message":"What is the capital of France? Answer in one word."}`)
+			}
+		})
+	})
+	b.Run("existing-session", func(b *testing.B) {
+		id := uuid.New()
+		body := fmt.Sprintf(`{"session_id":%q,"message":"What is the capital of France? Answer in one word."}`, id)
+		measureCPU(b, func() {
+			for b.Loop() {
+				post(body)
+			}
+		})
+	})
+}
+
+// BenchmarkFanOutChunkTo100Subscribers publishes one assistant.stream chunk to a session
+// with 100 live subscribers, each drained by its own goroutine as SSE writers would be.
+func BenchmarkFanOutChunkTo100Subscribers(b *testing.B) {
+	hub := inmem.NewHub(0)
+	session := uuid.New()
+	var wg sync.WaitGroup
+	var received sync.WaitGroup
+	subs := make([]*inmem.Subscription, 100)
+	for i := range subs {
+		subs[i] = hub.Subscribe(session)
+		wg.Go(func() {
+			for range subs[i].Events() {
+				received.Done()
+			}
+		})
+	}
+	ev := agate.Event{SessionID: session, Seq: 7, Type: agate.TypeStream, Role: agate.RoleAssistant, Delta: " token", Message: "Hello token", Offset: 11}
+	measureCPU(b, func() {
+		for b.Loop() {
+			received.Add(len(subs))
+			hub.Publish(ev)
+			received.Wait()
+		}
+	})
+	for _, s := range subs {
+		s.Close()
+	}
+	wg.Wait()
+}

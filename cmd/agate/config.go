@@ -1,0 +1,123 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"reflect"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// config is every setting of the gateway. Each field names its environment variable, its
+// default and its help text; `agate --help` prints this table, and nothing else in the
+// program reads the environment.
+type config struct {
+	Addr         string        `env:"AGATE_ADDR" default:"127.0.0.1:8080" help:"address the HTTP API listens on"`
+	DataDir      string        `env:"AGATE_DATA_DIR" default:"./data" help:"directory of the embedded SQLite store"`
+	Profile      string        `env:"AGATE_PROFILE" default:"dev" help:"dev (demo model when no provider is set) or prod"`
+	LogLevel     string        `env:"LOG_LEVEL" default:"info" help:"debug, info, warn or error"`
+	LogFormat    string        `env:"LOG_FORMAT" default:"json" help:"json or text"`
+	RequireAuth  bool          `env:"GATEWAY_REQUIRE_AUTH" default:"false" help:"require credentials (not available in this version: refuses to start when true)"`
+	Tenant       string        `env:"AGATE_DEFAULT_TENANT" default:"public" help:"tenant of anonymous callers"`
+	LLMBaseURL   string        `env:"LLM_BASE_URL" help:"OpenAI-compatible API base URL, e.g. https://api.openai.com/v1"`
+	LLMAPIKey    string        `env:"LLM_API_KEY" secret:"true" help:"API key for LLM_BASE_URL"`
+	LLMModel     string        `env:"LLM_MODEL" help:"model name sent to the provider"`
+	LLMTimeout   time.Duration `env:"LLM_TIMEOUT" default:"2m" help:"longest a model call may take"`
+	LLMMaxTokens int           `env:"LLM_MAX_TOKENS" default:"0" help:"reply token limit; 0 for the provider's default"`
+	SystemPrompt string        `env:"AGATE_SYSTEM_PROMPT" default:"You are a helpful assistant." help:"default system prompt of every tenant"`
+	Context      int           `env:"AGATE_CONTEXT_TOKENS" default:"8000" help:"token budget of the prompt (system prompt and history)"`
+	History      int           `env:"AGATE_HISTORY_MESSAGES" default:"50" help:"most messages of history read for the prompt"`
+	Workers      int           `env:"AGATE_WORKERS" default:"8" help:"turns run at once"`
+	MaxQueued    int           `env:"AGATE_MAX_QUEUED" default:"1000" help:"turns waiting or running before new messages get 429"`
+	MaxMessage   int           `env:"AGATE_MAX_MESSAGE_BYTES" default:"65536" help:"largest user message"`
+	MaxBody      int64         `env:"AGATE_MAX_BODY_BYTES" default:"262144" help:"largest request body"`
+	Grace        time.Duration `env:"AGATE_SHUTDOWN_GRACE" default:"10s" help:"how long running turns may finish on shutdown"`
+}
+
+// load fills a config from getenv, with defaults for what is unset.
+func load(getenv func(string) string) (config, error) {
+	var c config
+	v := reflect.ValueOf(&c).Elem()
+	for i := 0; i < v.NumField(); i++ {
+		f := v.Type().Field(i)
+		raw := getenv(f.Tag.Get("env"))
+		if raw == "" {
+			raw = f.Tag.Get("default")
+		}
+		if raw == "" {
+			continue
+		}
+		if err := set(v.Field(i), raw); err != nil {
+			return c, fmt.Errorf("%s=%q: %v", f.Tag.Get("env"), raw, err)
+		}
+	}
+	return c, c.validate()
+}
+
+func set(f reflect.Value, raw string) error {
+	switch f.Interface().(type) {
+	case string:
+		f.SetString(raw)
+	case bool:
+		b, err := strconv.ParseBool(raw)
+		if err != nil {
+			return fmt.Errorf("want true or false")
+		}
+		f.SetBool(b)
+	case time.Duration:
+		d, err := time.ParseDuration(raw)
+		if err != nil || d < 0 {
+			return fmt.Errorf("want a duration such as 30s or 2m")
+		}
+		f.SetInt(int64(d))
+	case int, int64:
+		n, err := strconv.ParseInt(raw, 10, 64)
+		if err != nil || n < 0 {
+			return fmt.Errorf("want a whole number >= 0")
+		}
+		f.SetInt(n)
+	default:
+		return fmt.Errorf("unsupported setting type %s", f.Type())
+	}
+	return nil
+}
+
+func (c config) validate() error {
+	switch {
+	case c.Profile != "dev" && c.Profile != "prod":
+		return fmt.Errorf("AGATE_PROFILE=%q: want dev or prod", c.Profile)
+	case c.LogFormat != "json" && c.LogFormat != "text":
+		return fmt.Errorf("LOG_FORMAT=%q: want json or text", c.LogFormat)
+	case c.RequireAuth:
+		return fmt.Errorf("GATEWAY_REQUIRE_AUTH=true: authentication is not available in this version; refusing to run without it")
+	case c.LLMBaseURL != "" && !strings.HasPrefix(c.LLMBaseURL, "http://") && !strings.HasPrefix(c.LLMBaseURL, "https://"):
+		return fmt.Errorf("LLM_BASE_URL=%q: want an http:// or https:// URL", c.LLMBaseURL)
+	}
+	return nil
+}
+
+// usage prints the command line and every setting.
+func usage(w io.Writer) {
+	fmt.Fprint(w, `Usage: agate [serve|migrate|version]
+
+  serve    run the gateway (the default)
+  migrate  create or upgrade the store's schema, then exit
+  version  print the version
+
+Settings, from the environment:
+
+`)
+	tw := tabwriter.NewWriter(w, 2, 8, 2, ' ', 0)
+	t := reflect.TypeOf(config{})
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		def := f.Tag.Get("default")
+		if def != "" {
+			def = " (default " + strconv.Quote(def) + ")"
+		}
+		fmt.Fprintf(tw, "  %s\t%s%s\n", f.Tag.Get("env"), f.Tag.Get("help"), def)
+	}
+	tw.Flush()
+}
