@@ -117,7 +117,7 @@ func (s *Server) observe(mux *http.ServeMux) http.Handler {
 			s.metrics.Observe(route, st, d)
 			attrs := []slog.Attr{
 				slog.String("request_id", id), slog.String("method", r.Method), slog.String("route", route),
-				slog.String("path", r.URL.Path), slog.Int("status", st), slog.Duration("duration", d),
+				slog.String("path", r.URL.Path), slog.Int("status", st), slog.Float64("duration_ms", float64(d.Microseconds())/1000),
 				slog.Int64("bytes", rec.bytes),
 			}
 			if in.tenant != "" {

@@ -73,9 +73,10 @@ type Runner struct {
 	wake chan struct{} // a token: work may be ready
 
 	mu       sync.Mutex
-	sessions map[uuid.UUID]*line // sessions with queued or running turns
-	ready    []uuid.UUID         // sessions whose next turn may start, FIFO
-	queued   int                 // turns queued or running
+	sessions map[uuid.UUID]*line    // sessions with queued or running turns
+	known    map[uuid.UUID]struct{} // ids of the turns queued or running
+	ready    []uuid.UUID            // sessions whose next turn may start, FIFO
+	queued   int                    // turns queued or running
 }
 
 // line is one session's queue of turns.
@@ -92,6 +93,7 @@ func New(store Store, model Model, pub Publisher, log *slog.Logger, cfg Config) 
 		store: store, model: model, pub: pub, log: log, cfg: cfg,
 		wake:     make(chan struct{}, 1),
 		sessions: make(map[uuid.UUID]*line),
+		known:    make(map[uuid.UUID]struct{}),
 	}
 }
 
@@ -147,13 +149,12 @@ func (r *Runner) Queued() int {
 	return r.queued
 }
 
-// Run resumes the turns left pending by an earlier run, then runs turns until ctx is done.
-// On shutdown running turns get Config.Grace to finish; the rest stay pending. Run returns
-// when every worker has stopped.
-func (r *Runner) Run(ctx context.Context) error {
+// Recover queues the turns that were accepted but never finished (the gateway stopped
+// first). Call it before the first Send so that each session's turns keep their order.
+func (r *Runner) Recover(ctx context.Context) error {
 	pending, err := r.store.Pending(ctx)
 	if err != nil {
-		return fmt.Errorf("turn: resume pending turns: %w", err)
+		return fmt.Errorf("turn: recover pending turns: %w", err)
 	}
 	if len(pending) > 0 {
 		r.log.Info("resuming turns accepted before a restart", "turns", len(pending))
@@ -161,7 +162,12 @@ func (r *Runner) Run(ctx context.Context) error {
 	for _, t := range pending {
 		r.enqueue(t)
 	}
+	return nil
+}
 
+// Run runs turns until ctx is done. On shutdown running turns get Config.Grace to finish;
+// the rest stay pending for Recover. Run returns when every worker has stopped.
+func (r *Runner) Run(ctx context.Context) error {
 	// Turns run under hard, which outlives ctx by the grace period.
 	hard, stop := context.WithCancelCause(context.WithoutCancel(ctx))
 	defer stop(errShutdown)
@@ -184,9 +190,14 @@ func (r *Runner) Run(ctx context.Context) error {
 	return nil
 }
 
+// enqueue adds t to its session's line; a turn already queued or running is ignored.
 func (r *Runner) enqueue(t agate.Turn) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if _, ok := r.known[t.ID]; ok {
+		return
+	}
+	r.known[t.ID] = struct{}{}
 	l := r.sessions[t.SessionID]
 	if l == nil {
 		l = &line{}
@@ -255,6 +266,7 @@ func (r *Runner) finish(t agate.Turn) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.queued--
+	delete(r.known, t.ID)
 	l := r.sessions[t.SessionID]
 	l.cancel(nil)
 	l.running, l.cancel = false, nil
@@ -306,7 +318,7 @@ func (tr *turnRun) event(typ, message string, meta map[string]any) agate.Event {
 	return agate.Event{
 		EventID: uuid.New(), SessionID: tr.t.SessionID, PersonaID: tr.t.PersonaID,
 		Role: agate.RoleAssistant, Type: typ, Message: message, Metadata: meta,
-		Version: agate.Version, Seq: tr.base, CreatedAt: time.Now().UTC(),
+		Version: agate.Version, Seq: tr.base, CreatedAt: time.Now().UTC().Truncate(time.Microsecond),
 	}
 }
 

@@ -244,3 +244,43 @@ func TestDifferentSessionsRunInParallel(t *testing.T) {
 	untilTerminal(t, subA)
 	untilTerminal(t, subB)
 }
+
+func TestRecoverRunsEachPendingTurnOnceInOrder(t *testing.T) {
+	store, err := sqlite.Open(t.Context(), filepath.Join(t.TempDir(), "agate.db"), sqlite.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	s := uuid.New()
+	for _, m := range []string{"first", "second"} { // accepted by a gateway that then died
+		if _, err := store.Accept(t.Context(), agate.Inbound{Tenant: "t1", SessionID: s, Message: m}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	model := llmtest.New() // echoes
+	hub := inmem.NewHub(0)
+	sub := hub.Subscribe(s)
+	defer sub.Close()
+	r := turn.New(store, model, hub, slog.New(slog.NewTextHandler(io.Discard, nil)), turn.Config{})
+	for range 2 { // a second Recover, or a Send racing it, must not run a turn twice
+		if err := r.Recover(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	var replies []string
+	for range 2 {
+		evs := untilTerminal(t, sub)
+		replies = append(replies, evs[len(evs)-1].Message)
+	}
+	if diff := cmp.Diff([]string{"first", "second"}, replies); diff != "" {
+		t.Fatalf("recovered replies (-want +got):\n%s", diff)
+	}
+	if n := model.Calls(); n != 2 {
+		t.Fatalf("model called %d times for 2 pending turns", n)
+	}
+}

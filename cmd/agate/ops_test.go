@@ -61,7 +61,7 @@ func TestEveryRequestIsLoggedAsOneJSONLine(t *testing.T) {
 			t.Fatalf("log line is not JSON: %s", sc.Text())
 		}
 		if line["msg"] == "request" && line["request_id"] == "trace-me-1" {
-			if line["route"] != "GET /v1/sessions" || line["status"] != float64(200) || line["duration"] == nil || line["tenant"] != "public" {
+			if line["route"] != "GET /v1/sessions" || line["status"] != float64(200) || line["duration_ms"] == nil || line["tenant"] != "public" {
 				t.Fatalf("request log line = %v", line)
 			}
 			return
