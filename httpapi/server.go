@@ -24,6 +24,8 @@ type Runner interface {
 	Send(ctx context.Context, in agate.Inbound) (agate.Accepted, error)
 	// Cancel stops the session's running turn and reports whether one was running.
 	Cancel(session uuid.UUID) bool
+	// Forget drops the session's queued and running turns; the session was deleted.
+	Forget(session uuid.UUID)
 }
 
 // Store is what the API reads directly.

@@ -141,7 +141,8 @@ func (s *Server) handleHistory() http.Handler {
 	})
 }
 
-// handleDeleteSession cancels the session's running turn and deletes it with its events.
+// handleDeleteSession deletes the session with its events, stops its turns and ends its
+// open streams.
 func (s *Server) handleDeleteSession() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		id, err := parseSessionID(r.PathValue("id"))
@@ -154,7 +155,8 @@ func (s *Server) handleDeleteSession() http.Handler {
 			s.fail(w, r, err)
 			return
 		}
-		s.runner.Cancel(id)
+		s.runner.Forget(id)
+		s.hub.Drop(id) // open streams end; WebSockets close with 4004
 		w.WriteHeader(http.StatusNoContent)
 	})
 }

@@ -49,12 +49,9 @@ func (s *Server) handleSSE() http.Handler {
 			}
 			return rc.Flush()
 		}
-		send := func(ev agate.Event) error {
+		send := func(ev agate.Event, id string) error {
 			buf.Reset()
-			if id := eventID(ev); id != "" {
-				buf.WriteString("id: " + id + "\n")
-			}
-			buf.WriteString("event: " + ev.Type + "\ndata: ")
+			buf.WriteString("id: " + id + "\nevent: " + ev.Type + "\ndata: ")
 			enc := json.NewEncoder(&buf) // Encode ends with "\n"; JSON has no raw newlines
 			enc.SetEscapeHTML(false)
 			if err := enc.Encode(ev); err != nil {
@@ -70,6 +67,8 @@ func (s *Server) handleSSE() http.Handler {
 		defer beat.Stop()
 		err = s.follow(r.Context(), sub, sess.ID, c, send, beat.C, func() error { return write([]byte(": keep-alive\n\n")) })
 		switch {
+		case errors.Is(err, errGone):
+			s.log.Debug("sse stream ended: session deleted", "request_id", requestID(r.Context()), "session_id", sess.ID)
 		case errors.Is(err, errLagged):
 			s.log.Info("sse client fell behind; closing so it resumes", "request_id", requestID(r.Context()), "session_id", sess.ID)
 		case err != nil && r.Context().Err() == nil:

@@ -3,7 +3,6 @@ package httpapi
 import (
 	"context"
 	"errors"
-	"fmt"
 	"strconv"
 	"strings"
 	"time"
@@ -13,90 +12,76 @@ import (
 	"github.com/google/uuid"
 )
 
-// cursor is a position in a session's stream: after the persisted event seq and, within
-// the running turn that followed it, after offset bytes of streamed text.
+// cursor is a client's position in a session's stream: it has every stored event up to
+// seq and, of the turn streaming now, the first offset bytes of text. The offset goes back
+// to 0 with each terminal event. It is sent as the SSE id of every frame: "12", or "12.345"
+// while a turn streams; WebSocket clients keep it themselves from seq and offset.
 type cursor struct {
 	seq    int64
 	offset int
 }
 
-// parseCursor reads "12" (after event 12) or "12.345" (after 345 bytes of the text
-// streamed after event 12), as sent in SSE ids. "" is the start of the session.
+func (c cursor) String() string {
+	if c.offset == 0 {
+		return strconv.FormatInt(c.seq, 10)
+	}
+	return strconv.FormatInt(c.seq, 10) + "." + strconv.Itoa(c.offset)
+}
+
+// parseCursor reads a cursor as String writes it. "" is the start of the session.
 func parseCursor(s string) (cursor, error) {
 	if s == "" {
 		return cursor{}, nil
 	}
+	bad := agate.Errorf(agate.EInvalidCursor, "Event id %q is not a stream position.", truncate(s, 32))
 	seqPart, offPart, hasOff := strings.Cut(s, ".")
 	seq, err := strconv.ParseInt(seqPart, 10, 64)
 	if err != nil || seq < 0 {
-		return cursor{}, agate.Errorf(agate.EInvalidCursor, "Event id %q is not a stream position.", truncate(s, 32))
+		return cursor{}, bad
 	}
 	c := cursor{seq: seq}
 	if hasOff {
-		off, err := strconv.Atoi(offPart)
-		if err != nil || off < 0 {
-			return cursor{}, agate.Errorf(agate.EInvalidCursor, "Event id %q is not a stream position.", truncate(s, 32))
+		if c.offset, err = strconv.Atoi(offPart); err != nil || c.offset < 0 {
+			return cursor{}, bad
 		}
-		c.offset = off
 	}
 	return c, nil
-}
-
-// eventID is the SSE id of ev: its seq, and for ephemeral events the stream offset too.
-// An event the store could not keep (seq 0) has none.
-func eventID(ev agate.Event) string {
-	if ev.Seq == 0 {
-		return ""
-	}
-	if agate.Ephemeral(ev.Type) {
-		return fmt.Sprintf("%d.%d", ev.Seq, ev.Offset)
-	}
-	return strconv.FormatInt(ev.Seq, 10)
 }
 
 // Reasons a stream ends before its client leaves.
 var (
 	errLagged   = errors.New("subscriber fell behind") // the client reconnects and resumes
 	errDraining = errors.New("gateway shutting down")
+	errGone     = errors.New("session deleted")
 )
 
 // replayPage is how many stored events are read at a time when catching a client up.
 const replayPage = 500
 
+// follower sends one client the events of a session after its cursor, exactly once each.
+type follower struct {
+	*Server
+	session uuid.UUID
+	c       cursor
+	ended   int64 // seq of the latest terminal event seen: streams of older turns are over
+	send    func(ev agate.Event, id string) error
+}
+
 // follow sends the session's events after c to send, in order, without gaps or duplicates:
-// first the stored events, then the text streamed so far by a running turn, then live
-// events from sub until ctx is done. sub must be a subscription to the session made
-// before the client was told it is connected, so that nothing published after that is
-// missed; follow may be called again on the same sub to resume from another cursor.
-// heartbeat is called on every tick of beat. It returns errLagged if the client cannot
-// keep up, errDraining on shutdown, or send's error.
+// the stored events, then what a running turn has streamed so far, then live events from
+// sub until ctx is done. sub must have been subscribed before the client was told it is
+// connected. Each event goes with the client's cursor after it, for SSE ids. heartbeat is
+// called on every tick of beat. follow returns errLagged if the client cannot keep up,
+// errDraining on shutdown, errGone when the session is deleted, or send's error.
 func (s *Server) follow(ctx context.Context, sub *inmem.Subscription, session uuid.UUID, c cursor,
-	send func(agate.Event) error, beat <-chan time.Time, heartbeat func() error) error {
-	for {
-		evs, err := s.store.Events(ctx, session, c.seq, replayPage)
-		if err != nil {
-			return err
-		}
-		for _, ev := range evs {
-			if err := send(ev); err != nil {
-				return err
-			}
-			c = cursor{seq: ev.Seq}
-		}
-		if len(evs) < replayPage {
-			break
-		}
+	send func(ev agate.Event, id string) error, beat <-chan time.Time, heartbeat func() error) error {
+	f := &follower{Server: s, session: session, c: c, send: send}
+	if err := f.replay(ctx, -1); err != nil {
+		return err
 	}
-	// A turn streaming now: send what the client missed of it as one cumulative frame.
-	if live, ok := s.hub.Live(session); ok && live.Seq >= c.seq {
-		if live.Seq > c.seq {
-			c = cursor{seq: live.Seq}
-		}
-		if live.Offset > c.offset {
-			if err := send(catchUp(live, c.offset)); err != nil {
-				return err
-			}
-			c.offset = live.Offset
+	if live, ok := s.hub.Live(session); ok {
+		if err := f.deliver(live); err != nil {
+			return err
 		}
 	}
 	for {
@@ -111,43 +96,73 @@ func (s *Server) follow(ctx context.Context, sub *inmem.Subscription, session uu
 			}
 		case ev, ok := <-sub.Events():
 			if !ok {
-				if sub.Lagged() {
+				switch {
+				case sub.Lagged():
 					return errLagged
+				case sub.Dropped():
+					return errGone
 				}
 				return nil
 			}
-			switch {
-			case ev.Seq == 0:
-				// A terminal event the store could not keep: deliver it as it is.
-			case !agate.Ephemeral(ev.Type):
-				if ev.Seq <= c.seq {
-					continue // already replayed from the store
+			// Stored events are published by more than one goroutine, so one may overtake
+			// another: fill any gap from the store first (seq has no gaps).
+			if !agate.Ephemeral(ev.Type) && ev.Seq > f.c.seq+1 {
+				if err := f.replay(ctx, ev.Seq-1); err != nil {
+					return err
 				}
-				c = cursor{seq: ev.Seq}
-			case ev.Seq < c.seq:
-				continue // belongs to a turn the client has seen end
-			case ev.Type == agate.TypeStream:
-				if ev.Seq > c.seq {
-					c = cursor{seq: ev.Seq}
-				}
-				if ev.Offset <= c.offset {
-					continue // the client has this text already
-				}
-				ev = catchUp(ev, c.offset)
-				c.offset = ev.Offset
 			}
-			if err := send(ev); err != nil {
+			if err := f.deliver(ev); err != nil {
 				return err
 			}
 		}
 	}
 }
 
-// catchUp returns the stream event ev with its delta covering everything after offset.
-func catchUp(ev agate.Event, offset int) agate.Event {
-	if offset > len(ev.Message) {
-		offset = len(ev.Message)
+// replay sends the stored events after the cursor, up to seq upTo (-1: all of them).
+func (f *follower) replay(ctx context.Context, upTo int64) error {
+	for upTo < 0 || f.c.seq < upTo {
+		evs, err := f.store.Events(ctx, f.session, f.c.seq, replayPage)
+		if err != nil {
+			return err
+		}
+		for _, ev := range evs {
+			if upTo >= 0 && ev.Seq > upTo {
+				return nil
+			}
+			if err := f.deliver(ev); err != nil {
+				return err
+			}
+		}
+		if len(evs) < replayPage {
+			return nil
+		}
 	}
-	ev.Delta = ev.Message[offset:]
-	return ev
+	return nil
+}
+
+// deliver sends ev unless the client has it, and moves the cursor. A stream event is sent
+// with its delta covering everything after the client's offset.
+func (f *follower) deliver(ev agate.Event) error {
+	switch {
+	case ev.Type == agate.TypeStream:
+		// Its Seq is the seq of its turn's last stored event before streaming began.
+		if ev.Seq < f.ended || ev.Seq > f.c.seq || ev.Offset <= f.c.offset {
+			return nil // a turn that has ended, one the client has not seen start, or text it has
+		}
+		ev.Delta = ev.Message[min(f.c.offset, len(ev.Message)):]
+		f.c.offset = ev.Offset
+	case ev.Seq == 0:
+		// Not stored (its session was deleted): pass it on as it is.
+	case ev.Seq <= f.c.seq:
+		if agate.Terminal(ev.Type) {
+			f.ended = max(f.ended, ev.Seq)
+		}
+		return nil // sent already
+	default:
+		f.c.seq = ev.Seq
+		if agate.Terminal(ev.Type) {
+			f.c.offset, f.ended = 0, ev.Seq
+		}
+	}
+	return f.send(ev, f.c.String())
 }

@@ -78,9 +78,8 @@ func (s *Server) handleWebSocket() http.Handler {
 			}
 			return
 		}
-		sub := s.hub.Subscribe(sess.ID)
-		defer sub.Close()
-		ws := &wsConn{Server: s, ctx: r.Context(), conn: conn, sub: sub, session: sess.ID, resume: make(chan cursor, 1)}
+		ws := &wsConn{Server: s, ctx: r.Context(), conn: conn, sub: s.hub.Subscribe(sess.ID), session: sess.ID, resume: make(chan cursor, 1)}
+		defer func() { ws.sub.Close() }()
 		ws.serve(r, c)
 	})
 }
@@ -134,6 +133,8 @@ func (ws *wsConn) end(err error) {
 			ws.conn.Close(ce.code, ce.reason)
 		case errors.Is(err, errLagged):
 			ws.conn.Close(websocket.StatusTryAgainLater, "fell behind; reconnect and resume")
+		case errors.Is(err, errGone):
+			ws.conn.Close(closeUnknownSession, "session deleted")
 		case errors.Is(err, errDraining):
 			ws.conn.Close(websocket.StatusGoingAway, "gateway shutting down; reconnect and resume")
 		default:
@@ -144,7 +145,7 @@ func (ws *wsConn) end(err error) {
 
 // writeEvents follows the session from c, and again from wherever the client asks to resume.
 func (ws *wsConn) writeEvents(ctx context.Context, c cursor) error {
-	send := func(ev agate.Event) error { return ws.write(ev) }
+	send := func(ev agate.Event, _ string) error { return ws.write(ev) }
 	beat := time.NewTicker(ws.cfg.Heartbeat)
 	defer beat.Stop()
 	ping := func() error {
@@ -152,14 +153,19 @@ func (ws *wsConn) writeEvents(ctx context.Context, c cursor) error {
 		defer cancel()
 		return ws.conn.Ping(pctx)
 	}
+	sub := ws.sub
 	for {
 		fctx, stop := context.WithCancel(ctx)
 		done := make(chan error, 1)
-		go func() { done <- ws.follow(fctx, ws.sub, ws.session, c, send, beat.C, ping) }()
+		go func() { done <- ws.follow(fctx, sub, ws.session, c, send, beat.C, ping) }()
 		select {
 		case c = <-ws.resume:
 			stop()
 			<-done
+			// A fresh subscription: the old one may hold events from before the new cursor.
+			sub.Close()
+			sub = ws.hub.Subscribe(ws.session)
+			ws.sub = sub
 		case err := <-done:
 			stop()
 			if err == nil {

@@ -44,6 +44,7 @@ type Subscription struct {
 	session uuid.UUID
 	ch      chan agate.Event
 	lagged  bool // guarded by hub.mu
+	dropped bool // guarded by hub.mu
 	closed  bool // guarded by hub.mu
 }
 
@@ -56,6 +57,13 @@ func (s *Subscription) Lagged() bool {
 	s.hub.mu.Lock()
 	defer s.hub.mu.Unlock()
 	return s.lagged
+}
+
+// Dropped reports whether the subscription was ended by Drop (the session is gone).
+func (s *Subscription) Dropped() bool {
+	s.hub.mu.Lock()
+	defer s.hub.mu.Unlock()
+	return s.dropped
 }
 
 // Close ends the subscription. It is safe to call more than once.
@@ -118,6 +126,23 @@ func (h *Hub) Publish(ev agate.Event) {
 		}
 	}
 	h.gc(ev.SessionID, t)
+}
+
+// Drop forgets a deleted session: its subscriptions are closed (Dropped reports true) and
+// its live stream state is cleared.
+func (h *Hub) Drop(session uuid.UUID) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	t := h.sessions[session]
+	if t == nil {
+		return
+	}
+	t.live = agate.Event{}
+	for s := range t.subs {
+		s.dropped = true
+		h.remove(s)
+	}
+	delete(h.sessions, session)
 }
 
 // Subscribers returns the number of live subscriptions, for metrics and tests.

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"math"
 	"runtime/debug"
+	"slices"
 	"sync"
 	"time"
 
@@ -55,6 +56,7 @@ func (c *Config) setDefaults() {
 // Causes of a cancelled turn.
 var (
 	errCancelledByClient = errors.New("cancelled by the client")
+	errSessionDeleted    = errors.New("session deleted")
 	errShutdown          = errors.New("gateway shutting down")
 )
 
@@ -142,6 +144,29 @@ func (r *Runner) backlog(session uuid.UUID) int {
 	return 0
 }
 
+// Forget drops the session's queued turns and stops its running one without a stored end:
+// call it when the session is deleted.
+func (r *Runner) Forget(session uuid.UUID) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	l := r.sessions[session]
+	if l == nil {
+		return
+	}
+	for _, t := range l.turns {
+		delete(r.known, t.ID)
+	}
+	r.queued -= len(l.turns)
+	l.turns = nil
+	if l.running && l.cancel != nil {
+		l.cancel(errSessionDeleted)
+	}
+	if !l.running {
+		delete(r.sessions, session)
+		r.ready = slices.DeleteFunc(r.ready, func(id uuid.UUID) bool { return id == session })
+	}
+}
+
 // Queued returns the number of turns queued or running.
 func (r *Runner) Queued() int {
 	r.mu.Lock()
@@ -170,8 +195,9 @@ func (r *Runner) Recover(ctx context.Context) error {
 func (r *Runner) Run(ctx context.Context) error {
 	// Turns run under hard, which outlives ctx by the grace period.
 	hard, stop := context.WithCancelCause(context.WithoutCancel(ctx))
-	defer stop(errShutdown)
+	grace := make(chan struct{})
 	go func() {
+		defer close(grace)
 		<-ctx.Done()
 		t := time.NewTimer(r.cfg.Grace)
 		defer t.Stop()
@@ -187,6 +213,8 @@ func (r *Runner) Run(ctx context.Context) error {
 		wg.Go(func() { r.work(ctx, hard) })
 	}
 	wg.Wait()
+	stop(errShutdown)
+	<-grace
 	return nil
 }
 
@@ -225,7 +253,7 @@ func (r *Runner) work(ctx, hard context.Context) {
 		if !ok {
 			return
 		}
-		r.run(turnCtx, t)
+		r.run(turnCtx, t, hard.Done())
 		r.finish(t)
 	}
 }
@@ -270,7 +298,7 @@ func (r *Runner) finish(t agate.Turn) {
 	l := r.sessions[t.SessionID]
 	l.cancel(nil)
 	l.running, l.cancel = false, nil
-	if len(l.turns) == 0 {
+	if len(l.turns) == 0 { // also when Forget emptied it
 		delete(r.sessions, t.SessionID)
 		return
 	}
@@ -280,10 +308,10 @@ func (r *Runner) finish(t agate.Turn) {
 
 // run gives one turn its reply. It ends the turn with exactly one terminal event unless
 // the gateway is shutting down.
-func (r *Runner) run(ctx context.Context, t agate.Turn) {
+func (r *Runner) run(ctx context.Context, t agate.Turn, shutdown <-chan struct{}) {
 	log := r.log.With("session_id", t.SessionID, "turn", t.ID, "tenant", t.Tenant)
 	begin := time.Now()
-	tr := &turnRun{Runner: r, t: t, log: log}
+	tr := &turnRun{Runner: r, t: t, log: log, shutdown: shutdown}
 	defer func() {
 		if p := recover(); p != nil {
 			log.Error("turn panicked", "panic", p, "stack", string(debug.Stack()))
@@ -291,7 +319,7 @@ func (r *Runner) run(ctx context.Context, t agate.Turn) {
 		}
 	}()
 	reply, err := tr.generate(ctx)
-	if context.Cause(ctx) == errShutdown {
+	if err != nil && context.Cause(ctx) == errShutdown {
 		log.Info("turn interrupted by shutdown; it will run again on restart")
 		return
 	}
@@ -302,11 +330,12 @@ func (r *Runner) run(ctx context.Context, t agate.Turn) {
 // turnRun is the state of one turn as it runs.
 type turnRun struct {
 	*Runner
-	t    agate.Turn
-	log  *slog.Logger
-	base int64  // seq of the last persisted event, for ephemeral events
-	text string // streamed so far
-	done bool   // the terminal event was sent
+	t        agate.Turn
+	log      *slog.Logger
+	shutdown <-chan struct{} // closed when the gateway stops waiting for turns
+	base     int64           // seq of the last persisted event, for ephemeral events
+	text     string          // streamed so far
+	done     bool            // the terminal event was sent
 }
 
 // event returns an assistant event of this turn; its metadata.turn_id is the turn's id.
@@ -396,6 +425,10 @@ func (tr *turnRun) end(ctx context.Context, r agate.Reply, err error) {
 		ev = tr.event(agate.TypeFinal, tr.text, map[string]any{
 			"status": agate.StatusCancelled, "code": string(agate.ECancelled), "detail": "The turn was cancelled.",
 		})
+	case context.Cause(ctx) == errSessionDeleted:
+		ev = tr.event(agate.TypeFinal, tr.text, map[string]any{
+			"status": agate.StatusCancelled, "code": string(agate.ECancelled), "detail": "The session was deleted.",
+		})
 	default:
 		code, detail := agate.ErrorCode(err), agate.ErrorMessage(err)
 		if code == agate.EInternal {
@@ -409,13 +442,37 @@ func (tr *turnRun) end(ctx context.Context, r agate.Reply, err error) {
 		}
 		ev = tr.event(agate.TypeFinal, msg, map[string]any{"status": agate.StatusError, "code": string(code), "detail": detail})
 	}
-	if perr := tr.persist(ctx, ev); perr != nil {
-		if agate.ErrorCode(perr) == agate.ESessionNotFound {
-			return // deleted while it ran: nobody to tell
+	tr.finish(ctx, ev)
+}
+
+// Backoff between attempts to store a terminal event.
+const (
+	retryFirst = 100 * time.Millisecond
+	retryMax   = 5 * time.Second
+)
+
+// finish stores and publishes the terminal event ev. While the store fails it keeps
+// trying (the session's next turn waits), so the turn ends exactly once; on shutdown it
+// gives up and the turn, still pending, runs again after the restart. If the session was
+// deleted, ev is published unstored (seq 0) so that live state is cleared.
+func (tr *turnRun) finish(ctx context.Context, ev agate.Event) {
+	wait := retryFirst
+	for {
+		err := tr.persist(ctx, ev)
+		if err == nil {
+			return
 		}
-		// The turn stays pending and runs again on restart; live clients still get their end.
-		tr.log.Error("store the terminal event", "err", perr)
-		ev.Seq = 0 // unsequenced: delivered live, never deduplicated away
-		tr.pub.Publish(ev)
+		if context.Cause(ctx) == errSessionDeleted || agate.ErrorCode(err) == agate.ESessionNotFound {
+			ev.Seq = 0
+			tr.pub.Publish(ev)
+			return
+		}
+		tr.log.Error("store the terminal event; retrying", "err", err, "retry_in", wait)
+		select {
+		case <-time.After(wait):
+			wait = min(2*wait, retryMax)
+		case <-tr.shutdown:
+			return
+		}
 	}
 }

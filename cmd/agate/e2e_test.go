@@ -36,13 +36,17 @@ func types(frames []frame) []string {
 
 func TestChatTurnStreamsToSSEAndPersists(t *testing.T) {
 	u := newUpstream(t)
+	u.pauseAt(2) // so that the client connects while the reply streams
 	g := start(t, withUpstream(u, nil))
 
 	a := g.send(t, "", "hello there")
 	if a.SessionID == "" || a.EventID == "" || a.Seq != 1 {
 		t.Fatalf("accepted = %+v", a)
 	}
-	frames := g.subscribe(t, a.SessionID, "").untilFinal(t)
+	s := g.subscribe(t, a.SessionID, "")
+	<-u.paused
+	u.release()
+	frames := s.untilFinal(t)
 
 	want := []string{agate.TypeUserMessage, agate.TypeStarted, agate.TypeThinking, agate.TypeStream, agate.TypeFinal}
 	if diff := cmp.Diff(want, types(frames)); diff != "" {
@@ -67,7 +71,7 @@ func TestChatTurnStreamsToSSEAndPersists(t *testing.T) {
 	if streamed != final.Data.Message {
 		t.Fatalf("deltas add up to %q, final says %q", streamed, final.Data.Message)
 	}
-	if frames[0].ID != "1" || final.ID != fmt.Sprint(final.Data.Seq) {
+	if frames[0].ID != "1" || frames[1].ID != "2" || final.ID != fmt.Sprint(final.Data.Seq) {
 		t.Fatalf("SSE ids %q … %q do not follow the session sequence", frames[0].ID, final.ID)
 	}
 
@@ -392,5 +396,85 @@ func TestConcurrentMessagesInOneSessionRunInOrder(t *testing.T) {
 	calls := u.calls()
 	if n := len(calls[4].Messages); n != 1+9 {
 		t.Fatalf("fifth turn's prompt has %d messages, want 10", n)
+	}
+}
+
+func TestMessageQueuedMidStreamDoesNotCutTheStreamOrItsResume(t *testing.T) {
+	u := newUpstream(t)
+	u.pauseAt(3)
+	g := start(t, withUpstream(u, nil))
+	a := g.send(t, "", "alpha beta gamma delta")
+	s := g.subscribe(t, a.SessionID, "")
+	<-u.paused
+	var seen []frame
+	for len(seen) == 0 || seen[len(seen)-1].Data.Message != "You said: alpha " {
+		seen = append(seen, s.next(t))
+	}
+	g.send(t, a.SessionID, "queued while streaming")
+	for seen[len(seen)-1].Event != agate.TypeUserMessage {
+		seen = append(seen, s.next(t))
+	}
+	s.body.Close() // drop right after the queued message arrived
+	last := seen[len(seen)-1].ID
+	if !strings.Contains(last, ".") {
+		t.Fatalf("id %q after a message queued mid-stream lost the stream offset", last)
+	}
+
+	s = g.subscribe(t, a.SessionID, last)
+	u.release()
+	rest := s.untilFinal(t)
+	var text string
+	for _, f := range append(seen, rest...) {
+		if f.Event == agate.TypeStream {
+			text += f.Data.Delta
+		}
+	}
+	final := rest[len(rest)-1]
+	if text != reply("alpha beta gamma delta") || final.Data.Message != text {
+		t.Fatalf("deltas across a queued message and a reconnect read %q; final %q", text, final.Data.Message)
+	}
+	// The queued message gets its own turn, streamed after the first one ended.
+	next := s.untilFinal(t)
+	if got := next[len(next)-1].Data.Message; got != reply("queued while streaming") {
+		t.Fatalf("queued message answered %q", got)
+	}
+}
+
+func TestDeletingASessionEndsItsStreamsAndTurns(t *testing.T) {
+	u := newUpstream(t)
+	u.pauseAt(2)
+	g := start(t, withUpstream(u, nil))
+	a := g.send(t, "", "doomed")
+	g.send(t, a.SessionID, "queued and doomed")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(g.URL, "http")+"/v1/session/"+a.SessionID+"/stream", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.CloseNow()
+	<-u.paused
+
+	if res := do(t, "DELETE", g.URL+"/v1/sessions/"+a.SessionID, "", nil); res.status != 204 {
+		t.Fatalf("delete: %d %s", res.status, res.body)
+	}
+	for err == nil {
+		_, _, err = conn.Read(ctx)
+	}
+	if websocket.CloseStatus(err) != 4004 {
+		t.Fatalf("WebSocket of a deleted session ended with %v, want close 4004", err)
+	}
+	if res := do(t, "GET", g.URL+"/v1/sessions/"+a.SessionID+"/events", "", nil); res.status != 404 {
+		t.Fatalf("events of a deleted session: %d", res.status)
+	}
+	u.release()
+	// The queued turn was dropped: recreating the session id shows only the new message's turn.
+	b := g.send(t, a.SessionID, "reborn")
+	frames := g.subscribe(t, b.SessionID, "").untilFinal(t)
+	if frames[0].Data.Seq != 1 || frames[len(frames)-1].Data.Message != reply("reborn") {
+		t.Fatalf("recreated session starts with %+v and ends %q", frames[0].Data, frames[len(frames)-1].Data.Message)
+	}
+	if n := len(u.calls()); n != 2 {
+		t.Fatalf("upstream called %d times; the deleted session's queued turn must not run", n)
 	}
 }

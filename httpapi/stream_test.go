@@ -1,0 +1,128 @@
+package httpapi
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/agate-gw/agate"
+	"github.com/agate-gw/agate/inmem"
+	"github.com/agate-gw/agate/sqlite"
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/uuid"
+)
+
+// streamRig is a follower's world: a real store, a hub, and a server reading both.
+type streamRig struct {
+	store   *sqlite.Store
+	hub     *inmem.Hub
+	s       *Server
+	session uuid.UUID
+	turn    agate.Turn
+}
+
+func newStreamRig(t *testing.T) *streamRig {
+	store, err := sqlite.Open(t.Context(), filepath.Join(t.TempDir(), "a.db"), sqlite.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	acc, err := store.Accept(t.Context(), agate.Inbound{Tenant: "t", Message: "hi"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hub := inmem.NewHub(0)
+	return &streamRig{store: store, hub: hub, session: acc.Turn.SessionID, turn: acc.Turn,
+		s: &Server{store: store, hub: hub, log: slog.New(slog.NewTextHandler(io.Discard, nil)), stop: make(chan struct{})}}
+}
+
+func (r *streamRig) append(t *testing.T, typ string, done *agate.Turn) agate.Event {
+	evs, err := r.store.Append(t.Context(), done, agate.Event{SessionID: r.session, Role: "assistant", Type: typ, Message: typ})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return evs[0]
+}
+
+// collect follows from c until n frames arrived, calling then (if not nil) after each;
+// it returns the frames as "id type delta".
+func (r *streamRig) collect(t *testing.T, sub *inmem.Subscription, c cursor, n int, then func(i int)) []string {
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	var ids []string
+	err := r.s.follow(ctx, sub, r.session, c, func(ev agate.Event, id string) error {
+		ids = append(ids, id+" "+ev.Type+" "+ev.Delta)
+		if len(ids) == n {
+			cancel()
+		}
+		if then != nil {
+			then(len(ids))
+		}
+		return nil
+	}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ids) < n {
+		t.Fatalf("got %d frames, want %d: %q", len(ids), n, ids)
+	}
+	return ids
+}
+
+func TestFollowFillsAGapWhenPublishesOvertakeEachOther(t *testing.T) {
+	r := newStreamRig(t)
+	sub := r.hub.Subscribe(r.session)
+	defer sub.Close()
+	r.append(t, agate.TypeStarted, nil)            // 2, published late
+	final := r.append(t, agate.TypeFinal, &r.turn) // 3, published late
+	later := r.append(t, agate.TypeThinking, nil)  // 4, published first
+	r.hub.Publish(later)
+	r.hub.Publish(final)
+	got := r.collect(t, sub, cursor{seq: 1}, 3, nil)
+	want := []string{"2 assistant.started ", "3 assistant.final ", "4 assistant.thinking "}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Fatalf("frames (-want +got):\n%s", diff)
+	}
+}
+
+func TestFollowCatchesUpARunningStreamOnceAndSkipsEndedOnes(t *testing.T) {
+	r := newStreamRig(t)
+	r.append(t, agate.TypeStarted, nil)
+	thinking := r.append(t, agate.TypeThinking, nil) // 3
+	stream := func(text string) agate.Event {
+		return agate.Event{SessionID: r.session, Type: agate.TypeStream, Seq: thinking.Seq, Message: text, Offset: len(text)}
+	}
+	r.hub.Publish(stream("Hello"))
+	sub := r.hub.Subscribe(r.session)
+	defer sub.Close()
+	r.hub.Publish(stream("Hello wor")) // after subscribing: in the channel too
+	r.hub.Publish(stream("Hello world"))
+
+	// A client that had "Hel" gets what the turn streamed so far in one frame, skips the
+	// pieces it then finds in its channel, and gets each later piece once.
+	got := r.collect(t, sub, cursor{seq: 3, offset: 3}, 2, func(i int) {
+		if i == 1 {
+			r.hub.Publish(stream("Hello world, again"))
+		}
+	})
+	want := []string{"3.11 assistant.stream lo world", "3.18 assistant.stream , again"}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Fatalf("frames (-want +got):\n%s", diff)
+	}
+
+	// Once the turn's final is stored, its stream is over for a client replaying it.
+	r.append(t, agate.TypeFinal, &r.turn)
+	sub2 := r.hub.Subscribe(r.session)
+	defer sub2.Close()
+	r.hub.Publish(stream("Hello world, again!")) // a straggler, as if published late
+	next := r.append(t, agate.TypeStarted, nil)
+	r.hub.Publish(next)
+	got = r.collect(t, sub2, cursor{seq: 3, offset: 11}, 2, nil)
+	want = []string{"4 assistant.final ", "5 assistant.started "}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Fatalf("frames after the end (-want +got):\n%s", diff)
+	}
+}
