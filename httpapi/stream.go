@@ -64,6 +64,7 @@ type follower struct {
 	session uuid.UUID
 	c       cursor
 	ended   int64 // seq of the latest terminal event seen: streams of older turns are over
+	holdEnd int64 // replay stops before the first terminal after this seq (0: no stop)
 	send    func(ev agate.Event, id string) error
 }
 
@@ -73,13 +74,17 @@ type follower struct {
 // connected. Each event goes with the client's cursor after it, for SSE ids. heartbeat is
 // called on every tick of beat. follow returns errLagged if the client cannot keep up,
 // errDraining on shutdown, errGone when the session is deleted, or send's error.
+//
+// The turn running when sub began streams to the client piece by piece: the replay from
+// the store stops before that turn's end, which arrives through sub after its stream.
 func (s *Server) follow(ctx context.Context, sub *inmem.Subscription, session uuid.UUID, c cursor,
 	send func(ev agate.Event, id string) error, beat <-chan time.Time, heartbeat func() error) error {
-	f := &follower{Server: s, session: session, c: c, send: send}
+	running, live, streaming := sub.Snapshot()
+	f := &follower{Server: s, session: session, c: c, holdEnd: running, send: send}
 	if err := f.replay(ctx, -1); err != nil {
 		return err
 	}
-	if live, ok := s.hub.Live(session); ok {
+	if streaming {
 		if err := f.deliver(live); err != nil {
 			return err
 		}
@@ -111,14 +116,22 @@ func (s *Server) follow(ctx context.Context, sub *inmem.Subscription, session uu
 					return err
 				}
 			}
+			held := f.holdEnd
 			if err := f.deliver(ev); err != nil {
 				return err
+			}
+			if held != 0 && f.holdEnd == 0 {
+				// The held-back end has come: send what was stored after it, if anything.
+				if err := f.replay(ctx, -1); err != nil {
+					return err
+				}
 			}
 		}
 	}
 }
 
-// replay sends the stored events after the cursor, up to seq upTo (-1: all of them).
+// replay sends the stored events after the cursor, up to seq upTo (-1: all of them), but
+// not past a held-back end.
 func (f *follower) replay(ctx context.Context, upTo int64) error {
 	for upTo < 0 || f.c.seq < upTo {
 		evs, err := f.store.Events(ctx, f.session, f.c.seq, replayPage)
@@ -128,6 +141,9 @@ func (f *follower) replay(ctx context.Context, upTo int64) error {
 		for _, ev := range evs {
 			if upTo >= 0 && ev.Seq > upTo {
 				return nil
+			}
+			if f.holdEnd != 0 && ev.Seq > f.holdEnd && agate.Terminal(ev.Type) {
+				return nil // it comes through the subscription, after the turn's stream
 			}
 			if err := f.deliver(ev); err != nil {
 				return err
@@ -156,12 +172,18 @@ func (f *follower) deliver(ev agate.Event) error {
 	case ev.Seq <= f.c.seq:
 		if agate.Terminal(ev.Type) {
 			f.ended = max(f.ended, ev.Seq)
+			if ev.Seq > f.holdEnd {
+				f.holdEnd = 0
+			}
 		}
 		return nil // sent already
 	default:
 		f.c.seq = ev.Seq
 		if agate.Terminal(ev.Type) {
 			f.c.offset, f.ended = 0, ev.Seq
+			if ev.Seq > f.holdEnd {
+				f.holdEnd = 0
+			}
 		}
 	}
 	return f.send(ev, f.c.String())

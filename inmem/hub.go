@@ -12,9 +12,9 @@ import (
 // DefaultBuffer is how many events a subscriber may fall behind before it is dropped.
 const DefaultBuffer = 1024
 
-// Hub fans a session's events out to its live subscribers and remembers the latest stream
-// state of the session's running turn, so that a client that (re)connects mid-turn can be
-// sent exactly the text it missed. The zero Hub is not usable; call NewHub.
+// Hub fans a session's events out to its live subscribers and remembers which turn of the
+// session is running and the latest text it streamed, so that a client that (re)connects
+// mid-turn can be sent exactly the text it missed. The zero Hub is not usable; call NewHub.
 //
 // Publish never blocks: a subscriber whose buffer is full is dropped (its channel is closed
 // and Lagged reports true); it reconnects and resumes from the store.
@@ -26,8 +26,9 @@ type Hub struct {
 }
 
 type topic struct {
-	subs map[*Subscription]struct{}
-	live agate.Event // the latest stream event of the running turn; zero when none
+	subs    map[*Subscription]struct{}
+	running int64       // seq of the running turn's assistant.started; 0 when none
+	live    agate.Event // the latest stream event of the running turn; zero when none
 }
 
 // NewHub returns a hub whose subscribers buffer up to buffer events (DefaultBuffer if <= 0).
@@ -43,9 +44,18 @@ type Subscription struct {
 	hub     *Hub
 	session uuid.UUID
 	ch      chan agate.Event
-	lagged  bool // guarded by hub.mu
-	dropped bool // guarded by hub.mu
-	closed  bool // guarded by hub.mu
+	running int64       // the topic's running turn when subscribed
+	live    agate.Event // its latest stream event then
+	lagged  bool        // guarded by hub.mu
+	dropped bool        // guarded by hub.mu
+	closed  bool        // guarded by hub.mu
+}
+
+// Snapshot tells what was streaming when the subscription began: the seq of the running
+// turn's assistant.started (0 if none) and its latest assistant.stream event (ok false if
+// it had streamed nothing yet). Every later event of that turn is in Events.
+func (s *Subscription) Snapshot() (running int64, live agate.Event, ok bool) {
+	return s.running, s.live, s.live.Type != ""
 }
 
 // Events returns the channel of events. It is closed when the subscription is closed or
@@ -84,19 +94,8 @@ func (h *Hub) Subscribe(session uuid.UUID) *Subscription {
 		h.sessions[session] = t
 	}
 	t.subs[s] = struct{}{}
+	s.running, s.live = t.running, t.live
 	return s
-}
-
-// Live returns the latest assistant.stream event of the session's running turn, if a turn
-// is streaming now.
-func (h *Hub) Live(session uuid.UUID) (agate.Event, bool) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	t := h.sessions[session]
-	if t == nil || t.live.Type == "" {
-		return agate.Event{}, false
-	}
-	return t.live, true
 }
 
 // Publish sends ev to the session's subscribers. It implements turn.Publisher.
@@ -105,17 +104,19 @@ func (h *Hub) Publish(ev agate.Event) {
 	defer h.mu.Unlock()
 	t := h.sessions[ev.SessionID]
 	if t == nil {
-		if ev.Type != agate.TypeStream {
-			return
+		if ev.Type != agate.TypeStarted && ev.Type != agate.TypeStream {
+			return // nobody listens and no turn state to keep
 		}
 		t = &topic{subs: make(map[*Subscription]struct{})}
 		h.sessions[ev.SessionID] = t
 	}
 	switch {
+	case ev.Type == agate.TypeStarted:
+		t.running, t.live = ev.Seq, agate.Event{}
 	case ev.Type == agate.TypeStream:
 		t.live = ev
-	case agate.Terminal(ev.Type) || ev.Type == agate.TypeStarted:
-		t.live = agate.Event{}
+	case agate.Terminal(ev.Type):
+		t.running, t.live = 0, agate.Event{}
 	}
 	for s := range t.subs {
 		select {
@@ -137,7 +138,6 @@ func (h *Hub) Drop(session uuid.UUID) {
 	if t == nil {
 		return
 	}
-	t.live = agate.Event{}
 	for s := range t.subs {
 		s.dropped = true
 		h.remove(s)
@@ -169,9 +169,9 @@ func (h *Hub) remove(s *Subscription) {
 	}
 }
 
-// gc forgets a session with neither subscribers nor a running stream; h.mu must be held.
+// gc forgets a session with neither subscribers nor a running turn; h.mu must be held.
 func (h *Hub) gc(session uuid.UUID, t *topic) {
-	if len(t.subs) == 0 && t.live.Type == "" {
+	if len(t.subs) == 0 && t.running == 0 && t.live.Type == "" {
 		delete(h.sessions, session)
 	}
 }

@@ -50,23 +50,43 @@ func TestSlowSubscriberIsDroppedWithoutBlocking(t *testing.T) {
 	}
 }
 
-func TestLiveHoldsTheRunningTurnsTextUntilItEnds(t *testing.T) {
+func TestSubscribersSeeWhatWasStreamingWhenTheyJoined(t *testing.T) {
 	hub := inmem.NewHub(0)
 	s := uuid.New()
-	if _, ok := hub.Live(s); ok {
-		t.Fatal("Live before any stream")
+	if running, _, ok := hub.Subscribe(s).Snapshot(); running != 0 || ok {
+		t.Fatal("a snapshot before any turn shows one running")
+	}
+	hub.Publish(agate.Event{SessionID: s, Seq: 2, Type: agate.TypeStarted})
+	if running, _, ok := hub.Subscribe(s).Snapshot(); running != 2 || ok {
+		t.Fatalf("after started: running %d, stream %v; want 2 and no text yet", running, ok)
 	}
 	hub.Publish(agate.Event{SessionID: s, Seq: 3, Type: agate.TypeStream, Message: "Hel", Offset: 3})
 	hub.Publish(agate.Event{SessionID: s, Seq: 3, Type: agate.TypeStream, Message: "Hello", Offset: 5})
-	if ev, ok := hub.Live(s); !ok || ev.Message != "Hello" || ev.Offset != 5 {
-		t.Fatalf("Live = %+v, %v; want the latest cumulative text", ev, ok)
+	if running, live, ok := hub.Subscribe(s).Snapshot(); running != 2 || !ok || live.Message != "Hello" {
+		t.Fatalf("mid-stream snapshot = %d %q %v; want the latest cumulative text", running, live.Message, ok)
 	}
 	hub.Publish(agate.Event{SessionID: s, Seq: 4, Type: agate.TypeFinal, Message: "Hello"})
-	if _, ok := hub.Live(s); ok {
-		t.Fatal("Live after the terminal event")
+	if running, _, ok := hub.Subscribe(s).Snapshot(); running != 0 || ok {
+		t.Fatal("a snapshot after the terminal event still shows the turn")
+	}
+}
+
+func TestDropEndsSubscriptionsAndForgetsTheSession(t *testing.T) {
+	hub := inmem.NewHub(0)
+	s := uuid.New()
+	sub := hub.Subscribe(s)
+	hub.Publish(agate.Event{SessionID: s, Seq: 3, Type: agate.TypeStream, Message: "x", Offset: 1})
+	hub.Drop(s)
+	for range sub.Events() { // what was published before is still read, then the end
+	}
+	if !sub.Dropped() || sub.Lagged() {
+		t.Fatal("subscription not ended as dropped")
 	}
 	if n := hub.Subscribers(); n != 0 {
-		t.Fatalf("hub keeps %d subscribers, want 0", n)
+		t.Fatalf("%d subscribers left", n)
+	}
+	if _, _, ok := hub.Subscribe(s).Snapshot(); ok {
+		t.Fatal("stream state outlived Drop")
 	}
 }
 
