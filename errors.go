@@ -28,6 +28,8 @@ const (
 	EMethodNotAllowed Code = "method_not_allowed"     // the route exists, the method does not
 	EUpgradeRequired  Code = "upgrade_required"       // a WebSocket route called without the upgrade
 	EIdempotencyReuse Code = "idempotency_key_reused" // the key was used for a different request
+	ERequestTimeout   Code = "request_timeout"        // the request body arrived too slowly
+	EClientGone       Code = "client_closed_request"  // the client left before the answer
 	EOverloaded       Code = "overloaded"             // too much queued work; retry later
 	EUnavailable      Code = "unavailable"            // a dependency is down; retry later
 	EInternal         Code = "internal_error"         // a bug; details are in the logs

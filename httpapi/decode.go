@@ -7,7 +7,10 @@ import (
 	"io"
 	"mime"
 	"net/http"
+	"os"
+	"reflect"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	"github.com/agate-gw/agate"
@@ -15,21 +18,25 @@ import (
 )
 
 // readJSON reads a JSON request body into v: application/json only, at most
-// Config.MaxBodyBytes, valid UTF-8, one object with no unknown fields. It returns the raw
-// body too, for fingerprinting.
-func (s *Server) readJSON(w http.ResponseWriter, r *http.Request, v any) ([]byte, error) {
+// Config.MaxBodyBytes, valid UTF-8, one object with no unknown fields.
+func (s *Server) readJSON(w http.ResponseWriter, r *http.Request, v any) error {
 	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
-		return nil, agate.Errorf(agate.EUnsupportedMedia, "Send the body as application/json.")
+		return agate.Errorf(agate.EUnsupportedMedia, "Send the body as application/json.")
 	}
+	// A client that trickles its body does not hold a handler for long.
+	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(s.cfg.ReadTimeout))
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes))
 	if err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
-			return nil, agate.Errorf(agate.EBodyTooLarge, "The request body is over the %d-byte limit.", s.cfg.MaxBodyBytes)
+			return agate.Errorf(agate.EBodyTooLarge, "The request body is over the %d-byte limit.", s.cfg.MaxBodyBytes)
 		}
-		return nil, agate.Wrap(agate.EInvalid, err, "The request body could not be read.")
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return agate.Wrap(agate.ERequestTimeout, err, "The request body arrived too slowly.")
+		}
+		return agate.Wrap(agate.EClientGone, err, "The request body could not be read.")
 	}
-	return body, decodeJSON(body, v)
+	return decodeJSON(body, v)
 }
 
 // decodeJSON decodes one JSON object from body into v, strictly.
@@ -41,11 +48,14 @@ func decodeJSON(body []byte, v any) error {
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		if name, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
-			return agate.Errorf(agate.EUnknownField, "Unknown field %s.", name)
+			return agate.Errorf(agate.EUnknownField, "Unknown field %s.", truncate(name, 64))
 		}
 		var typeErr *json.UnmarshalTypeError
-		if errors.As(err, &typeErr) && typeErr.Field != "" {
-			return agate.Errorf(agate.EInvalidJSON, "Field %q must be %s.", typeErr.Field, typeErr.Type)
+		if errors.As(err, &typeErr) {
+			if typeErr.Field == "" {
+				return agate.Errorf(agate.EInvalidJSON, "The body must be a JSON object.")
+			}
+			return agate.Errorf(agate.EInvalidJSON, "Field %q must be %s.", truncate(typeErr.Field, 64), jsonKind(typeErr.Type.Kind()))
 		}
 		if errors.Is(err, io.EOF) {
 			return agate.Errorf(agate.EInvalidJSON, "The body is empty; send a JSON object.")
@@ -59,6 +69,24 @@ func decodeJSON(body []byte, v any) error {
 		return agate.Errorf(agate.EInvalidJSON, "The body has data after the JSON object.")
 	}
 	return nil
+}
+
+// jsonKind names a Go kind as the JSON type that decodes into it.
+func jsonKind(k reflect.Kind) string {
+	switch k {
+	case reflect.String:
+		return "a string"
+	case reflect.Bool:
+		return "true or false"
+	case reflect.Slice, reflect.Array:
+		return "an array"
+	case reflect.Map, reflect.Struct:
+		return "an object"
+	case reflect.Pointer, reflect.Interface:
+		return "a JSON value"
+	default:
+		return "a number"
+	}
 }
 
 // parseSessionID parses a session id in its canonical form only (36 characters), so that a

@@ -30,6 +30,10 @@ func status(code agate.Code) int {
 		return http.StatusUnsupportedMediaType
 	case agate.EUpgradeRequired:
 		return http.StatusUpgradeRequired
+	case agate.ERequestTimeout:
+		return http.StatusRequestTimeout
+	case agate.EClientGone:
+		return 499 // nginx's "client closed request": nobody reads it, logs and metrics do
 	case agate.EOverloaded:
 		return http.StatusTooManyRequests
 	case agate.EUpstream, agate.EUpstreamAuth, agate.EUpstreamRate, agate.EStreamTruncated, agate.ELLMNotConfigured:
@@ -56,6 +60,9 @@ type errorBody struct {
 // fail answers with err's status and body. Errors without a code are logged (once, here)
 // and answered with a generic 500: internal details never reach the client.
 func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
+	if r.Context().Err() != nil && agate.ErrorCode(err) != agate.EClientGone {
+		err = agate.Wrap(agate.EClientGone, err, "The client closed the request.")
+	}
 	s.logError(r, err)
 	code := agate.ErrorCode(err)
 	st := status(code)

@@ -3,7 +3,9 @@ package httpapi
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"net/http"
+	"slices"
 	"strings"
 	"unicode/utf8"
 
@@ -42,10 +44,33 @@ func (s *Server) inbound(p agate.Principal, b messageBody) (agate.Inbound, error
 	if !utf8.ValidString(b.Message) {
 		return in, agate.Errorf(agate.EInvalidUTF8, "The message is not valid UTF-8.")
 	}
+	if strings.ContainsRune(b.Message, 0) || strings.ContainsRune(b.PersonaID, 0) || hasNUL(b.Metadata) || hasNUL(b.Attachments) {
+		return in, agate.Errorf(agate.EInvalid, "Text may not contain the NUL character (\\u0000).")
+	}
 	if len(b.PersonaID) > 128 {
 		return in, agate.Errorf(agate.EInvalid, "persona_id is longer than 128 bytes.")
 	}
 	return in, nil
+}
+
+// hasNUL reports whether a decoded JSON value holds a NUL character in any string or key:
+// stores such as Postgres cannot keep one.
+func hasNUL(v any) bool {
+	switch v := v.(type) {
+	case string:
+		return strings.ContainsRune(v, 0)
+	case []string:
+		return slices.ContainsFunc(v, func(s string) bool { return strings.ContainsRune(s, 0) })
+	case []any:
+		return slices.ContainsFunc(v, hasNUL)
+	case map[string]any:
+		for k, x := range v {
+			if strings.ContainsRune(k, 0) || hasNUL(x) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 type acceptedBody struct {
@@ -64,8 +89,7 @@ func (s *Server) handleSendMessage() http.Handler {
 			return
 		}
 		var b messageBody
-		raw, err := s.readJSON(w, r, &b)
-		if err != nil {
+		if err := s.readJSON(w, r, &b); err != nil {
 			s.fail(w, r, err)
 			return
 		}
@@ -76,7 +100,10 @@ func (s *Server) handleSendMessage() http.Handler {
 			return
 		}
 		if key != "" {
-			sum := sha256.Sum256(raw)
+			// The fingerprint is of the decoded request, so a retry that serializes the
+			// same JSON differently (spacing, key order) is still the same request.
+			canonical, _ := json.Marshal(b) // struct fields in order, map keys sorted
+			sum := sha256.Sum256(canonical)
 			in.IdempotencyKey, in.RequestHash = key, hex.EncodeToString(sum[:])
 		}
 		acc, err := s.runner.Send(r.Context(), in)
@@ -86,6 +113,9 @@ func (s *Server) handleSendMessage() http.Handler {
 		}
 		if acc.Duplicate {
 			w.Header().Set("Idempotent-Replayed", "true")
+		}
+		if ri, ok := r.Context().Value(infoKey{}).(*info); ok {
+			ri.session = acc.Turn.SessionID.String() // for the request's log line
 		}
 		writeJSON(w, http.StatusOK, acceptedBody{SessionID: acc.Turn.SessionID, EventID: acc.Event.EventID, Seq: acc.Event.Seq})
 	})

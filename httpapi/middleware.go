@@ -1,10 +1,10 @@
 package httpapi
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -18,8 +18,9 @@ type infoKey struct{}
 
 // info is what the middleware learns about a request, for its log line.
 type info struct {
-	id     string
-	tenant string // set once authenticated
+	id      string
+	tenant  string // set once authenticated
+	session string // set by handlers whose session is not in the path
 }
 
 // requestID returns the id of the request in ctx.
@@ -96,13 +97,18 @@ func (s *Server) observe(mux *http.ServeMux) http.Handler {
 		r = r.WithContext(ctx)
 
 		defer func() {
+			abort := false
 			if p := recover(); p != nil {
 				if p == http.ErrAbortHandler {
 					panic(p)
 				}
 				s.log.ErrorContext(ctx, "handler panicked", "request_id", id, "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
-				if rec.status == 0 {
-					s.fail(rec, r, errors.New("panic"))
+				if rec.status != 0 {
+					abort = true // the response has begun: cut it so the client sees it fail
+				} else {
+					writeJSON(rec, http.StatusInternalServerError, errorBody{
+						Detail: agate.ErrorMessage(nil), Code: agate.EInternal, RequestID: id,
+					})
 				}
 			}
 			route := r.Pattern
@@ -114,7 +120,11 @@ func (s *Server) observe(mux *http.ServeMux) http.Handler {
 				st = http.StatusOK
 			}
 			d := time.Since(start)
-			s.metrics.Observe(route, st, d)
+			if s.streams[route] {
+				s.metrics.Count(route, st)
+			} else {
+				s.metrics.Observe(route, st, d)
+			}
 			attrs := []slog.Attr{
 				slog.String("request_id", id), slog.String("method", r.Method), slog.String("route", route),
 				slog.String("path", r.URL.Path), slog.Int("status", st), slog.Float64("duration_ms", float64(d.Microseconds())/1000),
@@ -123,10 +133,13 @@ func (s *Server) observe(mux *http.ServeMux) http.Handler {
 			if in.tenant != "" {
 				attrs = append(attrs, slog.String("tenant", in.tenant))
 			}
-			if sid := r.PathValue("id"); sid != "" {
+			if sid := cmp.Or(r.PathValue("id"), in.session); sid != "" {
 				attrs = append(attrs, slog.String("session_id", sid))
 			}
 			s.log.LogAttrs(ctx, slog.LevelInfo, "request", attrs...)
+			if abort {
+				panic(http.ErrAbortHandler)
+			}
 		}()
 		mux.ServeHTTP(rec, r)
 	})

@@ -4,6 +4,7 @@ package httpapi
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"sync"
@@ -55,6 +56,7 @@ type Config struct {
 	MaxMessageBytes int           // user message limit; default 64 KiB
 	Heartbeat       time.Duration // SSE comment and WebSocket ping interval; default 15s
 	WriteTimeout    time.Duration // for one streamed frame; default 30s
+	ReadTimeout     time.Duration // for a request body; default 30s
 }
 
 func (c *Config) setDefaults() {
@@ -69,6 +71,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.WriteTimeout <= 0 {
 		c.WriteTimeout = 30 * time.Second
+	}
+	if c.ReadTimeout <= 0 {
+		c.ReadTimeout = 30 * time.Second
 	}
 }
 
@@ -86,6 +91,8 @@ type Server struct {
 	draining atomic.Bool
 	stop     chan struct{} // closed by Drain: open streams end
 	stopOnce sync.Once
+	conns    sync.WaitGroup  // WebSocket handlers, which outlive http.Server.Shutdown
+	streams  map[string]bool // route patterns of long-lived streams
 	handler  http.Handler
 }
 
@@ -98,9 +105,13 @@ func New(runner Runner, store Store, hub *inmem.Hub, auth Authenticator, checks 
 		metrics: metrics.NewHTTP(reg), gatherer: reg, cfg: cfg, stop: make(chan struct{}),
 	}
 	mux := http.NewServeMux()
+	s.streams = make(map[string]bool)
 	for _, rt := range s.routes() {
+		if rt.flags&streaming != 0 {
+			s.streams[rt.method+" "+rt.pattern] = true
+		}
 		h := rt.handler
-		if rt.auth {
+		if rt.flags&private != 0 {
 			h = s.authenticate(h)
 		}
 		mux.Handle(rt.method+" "+rt.pattern, h)
@@ -117,6 +128,19 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.handler.S
 func (s *Server) Drain() {
 	s.draining.Store(true)
 	s.stopOnce.Do(func() { close(s.stop) })
+}
+
+// Wait blocks until every WebSocket handler has returned (after Drain they close), or
+// until ctx is done.
+func (s *Server) Wait(ctx context.Context) error {
+	done := make(chan struct{})
+	go func() { s.conns.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("websocket connections still open: %w", ctx.Err())
+	}
 }
 
 // notFound answers requests no route matched: 405 with Allow when the path exists for

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync"
 	"time"
@@ -49,8 +50,8 @@ type serverFrame struct {
 // stays open.
 func (s *Server) handleWebSocket() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
-			s.fail(w, r, agate.Errorf(agate.EUpgradeRequired, "This route speaks WebSocket; send an Upgrade request."))
+		if err := checkHandshake(r); err != nil {
+			s.fail(w, r, err)
 			return
 		}
 		c, err := parseCursor(r.URL.Query().Get("after"))
@@ -62,6 +63,8 @@ func (s *Server) handleWebSocket() http.Handler {
 		if err != nil {
 			return // Accept has answered the client
 		}
+		s.conns.Add(1) // a hijacked connection: Shutdown does not wait for it, Wait does
+		defer s.conns.Done()
 		defer conn.CloseNow()
 		conn.SetReadLimit(s.cfg.MaxBodyBytes)
 		s.metrics.WSClients.Inc()
@@ -176,6 +179,37 @@ func (ws *wsConn) writeEvents(ctx context.Context, c cursor) error {
 	}
 }
 
+// checkHandshake refuses, with a JSON error, what websocket.Accept would refuse in plain
+// text: a request that is not a version-13 WebSocket handshake, or one from a page on
+// another host (the library's origin rule).
+func checkHandshake(r *http.Request) error {
+	if !headerHasToken(r.Header, "Connection", "upgrade") || !headerHasToken(r.Header, "Upgrade", "websocket") {
+		return agate.Errorf(agate.EUpgradeRequired, "This route speaks WebSocket; send an Upgrade request.")
+	}
+	if r.Header.Get("Sec-WebSocket-Version") != "13" || r.Header.Get("Sec-WebSocket-Key") == "" {
+		return agate.Errorf(agate.EInvalid, "Send a WebSocket version 13 handshake with a Sec-WebSocket-Key.")
+	}
+	if origin := r.Header.Get("Origin"); origin != "" {
+		u, err := url.Parse(origin)
+		if err != nil || !strings.EqualFold(u.Host, r.Host) {
+			return agate.Errorf(agate.EForbidden, "WebSocket connections from origin %q are not allowed.", truncate(origin, 100))
+		}
+	}
+	return nil
+}
+
+// headerHasToken reports whether a comma-separated header holds token, case-insensitively.
+func headerHasToken(h http.Header, name, token string) bool {
+	for _, v := range h.Values(name) {
+		for t := range strings.SplitSeq(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(t), token) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // closeError ends the connection with a close code.
 type closeError struct {
 	code   websocket.StatusCode
@@ -183,6 +217,11 @@ type closeError struct {
 }
 
 func (e closeError) Error() string { return e.reason }
+
+// badFrame ends the connection with 4000 and a reason cut to fit a close frame.
+func badFrame(reason string) closeError {
+	return closeError{closeBadFrame, truncate(reason, 120)} // a close reason holds 123 bytes
+}
 
 // readFrames handles client frames until the client goes or sends a malformed one.
 func (ws *wsConn) readFrames(r *http.Request) error {
@@ -192,11 +231,11 @@ func (ws *wsConn) readFrames(r *http.Request) error {
 			return err
 		}
 		if typ != websocket.MessageText {
-			return closeError{closeBadFrame, "send JSON text frames"}
+			return badFrame("send JSON text frames")
 		}
 		var f clientFrame
 		if err := decodeJSON(data, &f); err != nil {
-			return closeError{closeBadFrame, agate.ErrorMessage(err)}
+			return badFrame(agate.ErrorMessage(err))
 		}
 		switch f.Type {
 		case "ping":
@@ -206,7 +245,7 @@ func (ws *wsConn) readFrames(r *http.Request) error {
 			err = ws.write(serverFrame{Type: "cancel", SessionID: ws.session, Cancelled: &cancelled})
 		case "resume":
 			if f.After == nil || *f.After < 0 || f.Offset < 0 {
-				return closeError{closeBadFrame, "resume needs after: a seq >= 0 (and optionally offset >= 0)"}
+				return badFrame("resume needs after: a seq >= 0 (and optionally offset >= 0)")
 			}
 			select {
 			case <-ws.resume:
@@ -216,7 +255,7 @@ func (ws *wsConn) readFrames(r *http.Request) error {
 		case "message":
 			err = ws.message(r, f.messageBody)
 		default:
-			return closeError{closeBadFrame, "unknown frame type " + truncate(f.Type, 32)}
+			return badFrame("unknown frame type " + truncate(f.Type, 32))
 		}
 		if err != nil {
 			return err

@@ -34,13 +34,14 @@ func NewHTTP(reg prometheus.Registerer) *HTTP {
 	return m
 }
 
+// Count records one finished request without its duration: for streams, whose length is
+// the client's choice, not latency.
+func (m *HTTP) Count(route string, code int) {
+	m.requests.WithLabelValues(route, strconv.Itoa(code)).Inc()
+}
+
 // Observe records one finished request.
 func (m *HTTP) Observe(route string, code int, d time.Duration) {
 	m.requests.WithLabelValues(route, strconv.Itoa(code)).Inc()
 	m.duration.WithLabelValues(route).Observe(d.Seconds())
-}
-
-// Requests returns the request counter of route and status code, for tests.
-func (m *HTTP) Requests(route string, code int) prometheus.Counter {
-	return m.requests.WithLabelValues(route, strconv.Itoa(code))
 }

@@ -17,7 +17,7 @@ func TestConnectionsAreConfigured(t *testing.T) {
 
 	for _, tc := range []struct{ pragma, want string }{
 		{"journal_mode", "wal"},
-		{"synchronous", "1"}, // NORMAL
+		{"synchronous", "2"}, // FULL: an acknowledged commit is on disk
 		{"foreign_keys", "1"},
 		{"busy_timeout", "5000"},
 	} {
@@ -34,5 +34,15 @@ func TestConnectionsAreConfigured(t *testing.T) {
 	}
 	if _, err := s.read.ExecContext(t.Context(), `DELETE FROM sessions`); err == nil {
 		t.Error("the read pool can write")
+	}
+
+	relaxed, err := Open(t.Context(), filepath.Join(t.TempDir(), "relaxed.db"), Config{Relaxed: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer relaxed.Close()
+	var got string
+	if err := relaxed.write.QueryRowContext(t.Context(), "PRAGMA synchronous").Scan(&got); err != nil || got != "1" {
+		t.Errorf("relaxed store: PRAGMA synchronous = %s (%v), want 1 (NORMAL)", got, err)
 	}
 }

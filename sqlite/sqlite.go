@@ -37,6 +37,10 @@ type Config struct {
 	BusyTimeout time.Duration
 	// ReadConns is the number of connections in the read pool. Default 4.
 	ReadConns int
+	// Relaxed trades durability for speed (synchronous=NORMAL): a commit survives a crash
+	// of the process but not of the machine. Default false: every commit is on disk
+	// (synchronous=FULL) before it returns, so an acknowledged message is never lost.
+	Relaxed bool
 }
 
 func (c Config) withDefaults() Config {
@@ -79,11 +83,15 @@ func Open(ctx context.Context, path string, cfg Config) (*Store, error) {
 		return nil, fmt.Errorf("sqlite open %s: create directory: %w", path, err)
 	}
 	busy := strconv.FormatInt(cfg.BusyTimeout.Milliseconds(), 10)
+	synchronous := "FULL"
+	if cfg.Relaxed {
+		synchronous = "NORMAL"
+	}
 
 	write, err := sql.Open("sqlite", dsn(abs, url.Values{
 		"_busy_timeout": {busy},
 		"_journal_mode": {"WAL"},
-		"_synchronous":  {"NORMAL"},
+		"_synchronous":  {synchronous},
 		"_foreign_keys": {"1"},
 		"_txlock":       {"immediate"},
 		"_error_rc":     {"1"},

@@ -1,9 +1,13 @@
 package main
 
 import (
+	"context"
 	"net/http"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/coder/websocket"
 
 	"github.com/agate-gw/agate"
 )
@@ -29,6 +33,8 @@ func TestBadInputGetsAPreciseErrorAndWritesNothing(t *testing.T) {
 		{"missing message", "POST", "/v1/session/message", `{}`, json, 400, agate.EEmptyMessage},
 		{"message over the limit", "POST", "/v1/session/message", `{"message":"` + strings.Repeat("a", 1025) + `"}`, json, 413, agate.EMessageTooLarge},
 		{"body over the limit", "POST", "/v1/session/message", `{"message":"hi","metadata":{"pad":"` + strings.Repeat("a", 5000) + `"}}`, json, 413, agate.EBodyTooLarge},
+		{"NUL in the message", "POST", "/v1/session/message", `{"message":"a\u0000b"}`, json, 400, agate.EInvalid},
+		{"NUL in metadata", "POST", "/v1/session/message", `{"message":"hi","metadata":{"k":["\u0000"]}}`, json, 400, agate.EInvalid},
 		{"invalid UTF-8", "POST", "/v1/session/message", "{\"message\":\"caf\xe9\"}", json, 400, agate.EInvalidUTF8},
 		{"session id not a UUID", "POST", "/v1/session/message", `{"session_id":"abc","message":"hi"}`, json, 400, agate.EInvalidSessionID},
 		{"session id in another form", "POST", "/v1/session/message", `{"session_id":"{6f1c8e9a-1b2c-4d3e-8f40-5a6b7c8d9e0f}","message":"hi"}`, json, 400, agate.EInvalidSessionID},
@@ -61,6 +67,9 @@ func TestBadInputGetsAPreciseErrorAndWritesNothing(t *testing.T) {
 			if body.Detail == "" || body.RequestID == "" || body.RequestID != res.header.Get("X-Request-ID") {
 				t.Fatalf("error body %+v lacks detail or the request id %q", body, res.header.Get("X-Request-ID"))
 			}
+			if strings.Contains(body.Detail, "httpapi") || strings.Contains(body.Detail, "Go value") {
+				t.Fatalf("detail leaks internals: %q", body.Detail)
+			}
 			if res.header.Get("Content-Type") != "application/json" {
 				t.Fatalf("error Content-Type %q", res.header.Get("Content-Type"))
 			}
@@ -86,5 +95,101 @@ func TestSSEWithAMalformedLastEventIDIsA400(t *testing.T) {
 		if res.status != 400 || !strings.Contains(string(res.body), `"invalid_cursor"`) {
 			t.Errorf("Last-Event-ID %q: %d %s", id, res.status, res.body)
 		}
+	}
+}
+
+func TestBadInputIntoAnExistingSessionWritesNothing(t *testing.T) {
+	g := start(t, map[string]string{"AGATE_MAX_MESSAGE_BYTES": "1024"})
+	a := g.send(t, "", "the only message")
+	var before struct {
+		Events []agate.Event `json:"events"`
+	}
+	for len(before.Events) < 4 || !agate.Terminal(before.Events[len(before.Events)-1].Type) { // the demo turn ends
+		do(t, "GET", g.URL+"/v1/sessions/"+a.SessionID+"/events", "", nil).json(t, &before)
+	}
+	for _, body := range []string{
+		`{"session_id":"` + a.SessionID + `","message":""}`,
+		`{"session_id":"` + a.SessionID + `","message":"` + strings.Repeat("x", 2000) + `"}`,
+		`{"session_id":"` + a.SessionID + `","message":"hi","extra":1}`,
+		`{"session_id":"` + a.SessionID + `","message":"hi\u0000"}`,
+		`{"session_id":"` + a.SessionID + `","message":"hi"`,
+	} {
+		if res := do(t, "POST", g.URL+"/v1/session/message", body, nil); res.status < 400 || res.status >= 500 {
+			t.Fatalf("%.60s… answered %d", body, res.status)
+		}
+	}
+	var after struct {
+		Events []agate.Event `json:"events"`
+	}
+	do(t, "GET", g.URL+"/v1/sessions/"+a.SessionID+"/events", "", nil).json(t, &after)
+	if len(after.Events) != len(before.Events) {
+		t.Fatalf("bad requests into the session changed its events from %d to %d", len(before.Events), len(after.Events))
+	}
+}
+
+func TestIdempotentRetryMayReserializeTheSameJSON(t *testing.T) {
+	g := start(t, nil)
+	key := map[string]string{"Idempotency-Key": "k-reserialized"}
+	first := do(t, "POST", g.URL+"/v1/session/message", `{"message":"hi","metadata":{"a":1,"b":2}}`, key)
+	again := do(t, "POST", g.URL+"/v1/session/message", `{ "metadata": {"b":2, "a":1}, "message": "hi" }`, key)
+	if first.status != 200 || again.status != 200 || string(first.body) != string(again.body) {
+		t.Fatalf("same request, other spelling: %d %s then %d %s", first.status, first.body, again.status, again.body)
+	}
+}
+
+func TestWebSocketBadFramesAndHandshakes(t *testing.T) {
+	g := start(t, map[string]string{"AGATE_MAX_BODY_BYTES": "4096", "AGATE_MAX_MESSAGE_BYTES": "1024"})
+	a := g.send(t, "", "hi")
+	wsURL := "ws" + strings.TrimPrefix(g.URL, "http") + "/v1/session/" + a.SessionID + "/stream"
+	for _, tc := range []struct {
+		name  string
+		typ   websocket.MessageType
+		frame string
+		want  websocket.StatusCode
+	}{
+		{"malformed JSON", websocket.MessageText, `{"type":`, 4000},
+		{"binary frame", websocket.MessageBinary, `{"type":"ping"}`, 4000},
+		{"unknown field with a very long name", websocket.MessageText, `{"type":"ping","` + strings.Repeat("f", 300) + `":1}`, 4000},
+		{"resume without a position", websocket.MessageText, `{"type":"resume"}`, 4000},
+		{"frame over the size limit", websocket.MessageText, `{"type":"message","message":"` + strings.Repeat("x", 5000) + `"}`, websocket.StatusMessageTooBig},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			conn, _, err := websocket.Dial(ctx, wsURL, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.CloseNow()
+			conn.SetReadLimit(1 << 20)
+			if err := conn.Write(ctx, tc.typ, []byte(tc.frame)); err != nil {
+				t.Fatal(err)
+			}
+			for err == nil {
+				_, _, err = conn.Read(ctx)
+			}
+			if got := websocket.CloseStatus(err); got != tc.want {
+				t.Fatalf("closed with %v (%v), want %d", got, err, tc.want)
+			}
+		})
+	}
+
+	for _, tc := range []struct {
+		name   string
+		header map[string]string
+		status int
+		code   agate.Code
+	}{
+		{"no upgrade", map[string]string{}, 426, agate.EUpgradeRequired},
+		{"no key", map[string]string{"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13"}, 400, agate.EInvalid},
+		{"foreign origin", map[string]string{"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+			"Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "Origin": "https://evil.example"}, 403, agate.EForbidden},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			res := do(t, "GET", g.URL+"/v1/session/"+a.SessionID+"/stream", "", tc.header)
+			if res.status != tc.status || !strings.Contains(string(res.body), `"code":"`+string(tc.code)+`"`) {
+				t.Fatalf("got %d %s, want %d %s as JSON", res.status, res.body, tc.status, tc.code)
+			}
+		})
 	}
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"log/slog"
 	"reflect"
 	"strconv"
 	"strings"
@@ -16,6 +17,7 @@ import (
 type config struct {
 	Addr         string        `env:"AGATE_ADDR" default:"127.0.0.1:8080" help:"address the HTTP API listens on"`
 	DataDir      string        `env:"AGATE_DATA_DIR" default:"./data" help:"directory of the embedded SQLite store"`
+	SQLiteFast   bool          `env:"AGATE_SQLITE_RELAXED" default:"false" help:"skip fsync per commit: faster, but a machine crash can lose acknowledged messages"`
 	Profile      string        `env:"AGATE_PROFILE" default:"dev" help:"dev (demo model when no provider is set) or prod"`
 	LogLevel     string        `env:"LOG_LEVEL" default:"info" help:"debug, info, warn or error"`
 	LogFormat    string        `env:"LOG_FORMAT" default:"json" help:"json or text"`
@@ -85,7 +87,12 @@ func set(f reflect.Value, raw string) error {
 }
 
 func (c config) validate() error {
+	var level slog.Level
 	switch {
+	case level.UnmarshalText([]byte(c.LogLevel)) != nil:
+		return fmt.Errorf("LOG_LEVEL=%q: want debug, info, warn or error", c.LogLevel)
+	case c.MaxBody < int64(c.MaxMessage)+1024:
+		return fmt.Errorf("AGATE_MAX_BODY_BYTES=%d: must exceed AGATE_MAX_MESSAGE_BYTES=%d by at least 1024 so a message at the limit fits", c.MaxBody, c.MaxMessage)
 	case c.Profile != "dev" && c.Profile != "prod":
 		return fmt.Errorf("AGATE_PROFILE=%q: want dev or prod", c.Profile)
 	case c.LogFormat != "json" && c.LogFormat != "text":

@@ -75,9 +75,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, _ io.Re
 
 func newLogger(cfg config, w io.Writer) *slog.Logger {
 	var level slog.Level
-	if err := level.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
-		level = slog.LevelInfo
-	}
+	_ = level.UnmarshalText([]byte(cfg.LogLevel)) // validated by load
 	opts := &slog.HandlerOptions{Level: level}
 	if cfg.LogFormat == "text" {
 		return slog.New(slog.NewTextHandler(w, opts))
@@ -92,7 +90,11 @@ func serve(ctx context.Context, cfg config, log *slog.Logger, stdout io.Writer) 
 	if err != nil {
 		return err
 	}
-	defer g.close()
+	defer func() {
+		if err := g.close(); err != nil {
+			log.Error("close the store", "err", err)
+		}
+	}()
 	if err := g.runner.Recover(ctx); err != nil {
 		return err
 	}
@@ -124,7 +126,7 @@ func serve(ctx context.Context, cfg config, log *slog.Logger, stdout io.Writer) 
 		g.api.Drain()
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ectx), cfg.Grace)
 		defer cancel()
-		return srv.Shutdown(sctx)
+		return errors.Join(srv.Shutdown(sctx), g.api.Wait(sctx))
 	})
 	err = eg.Wait()
 	log.Info("stopped")

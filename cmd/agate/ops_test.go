@@ -89,8 +89,11 @@ func TestBadSettingsStopStartWithAClearError(t *testing.T) {
 		"AGATE_WORKERS":        "whole number",
 		"GATEWAY_REQUIRE_AUTH": "refusing",
 		"LLM_BASE_URL":         "http:// or https://",
+		"LOG_LEVEL":            "want debug",
+		"AGATE_MAX_BODY_BYTES": "must exceed",
 	} {
-		vals := map[string]string{"AGATE_PROFILE": "staging", "LLM_TIMEOUT": "soon", "AGATE_WORKERS": "-3", "GATEWAY_REQUIRE_AUTH": "true", "LLM_BASE_URL": "api.openai.com"}
+		vals := map[string]string{"AGATE_PROFILE": "staging", "LLM_TIMEOUT": "soon", "AGATE_WORKERS": "-3", "GATEWAY_REQUIRE_AUTH": "true",
+			"LLM_BASE_URL": "api.openai.com", "LOG_LEVEL": "loud", "AGATE_MAX_BODY_BYTES": "1000"}
 		err := run(t.Context(), []string{"agate"}, func(k string) string {
 			if k == env {
 				return vals[k]

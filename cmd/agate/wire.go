@@ -25,7 +25,7 @@ type gateway struct {
 	api    *httpapi.Server
 }
 
-func (g *gateway) close() { _ = g.store.Close() }
+func (g *gateway) close() error { return g.store.Close() }
 
 // wire builds the gateway from cfg: a real adapter where its URL is set, else the
 // embedded default.
@@ -66,7 +66,7 @@ func wire(ctx context.Context, cfg config, log *slog.Logger) (*gateway, error) {
 }
 
 func openStore(ctx context.Context, cfg config) (*sqlite.Store, error) {
-	return sqlite.Open(ctx, filepath.Join(cfg.DataDir, "agate.db"), sqlite.Config{})
+	return sqlite.Open(ctx, filepath.Join(cfg.DataDir, "agate.db"), sqlite.Config{Relaxed: cfg.SQLiteFast})
 }
 
 // chooseModel returns the provider's name, the model and the model name to report.
