@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -123,4 +124,84 @@ func BenchmarkFanOutChunkTo100Subscribers(b *testing.B) {
 		s.Close()
 	}
 	wg.Wait()
+}
+
+// BenchmarkStreamChunkTo100SSEClients publishes one assistant.stream chunk to a session
+// with 100 SSE clients connected over loopback, and waits until every client has read its
+// frame. The cumulative message grows from 1 KiB by a token a chunk, over turns of 100
+// chunks. CPU includes the clients' reads.
+func BenchmarkStreamChunkTo100SSEClients(b *testing.B) {
+	ctx := context.Background()
+	store, err := sqlite.Open(ctx, filepath.Join(b.TempDir(), "agate.db"), sqlite.Config{Relaxed: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer store.Close()
+	log := slog.New(slog.NewJSONHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelError}))
+	hub := inmem.NewHub(0)
+	runner := turn.New(store, nopModel{}, hub, log, turn.Config{})
+	api := httpapi.New(runner, store, hub, authn.Anonymous{Tenant: "public"}, nil, log, prometheus.NewRegistry(), httpapi.Config{})
+	srv := httptest.NewServer(api)
+	defer srv.Close()
+	acc, err := runner.Send(ctx, agate.Inbound{Tenant: "public", Message: "hi"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	session := acc.Turn.SessionID
+	started, err := store.Append(ctx, nil, agate.Event{SessionID: session, Role: agate.RoleAssistant, Type: agate.TypeStarted})
+	if err != nil {
+		b.Fatal(err)
+	}
+	hub.Publish(started[0])
+
+	const clients = 100
+	var frames sync.WaitGroup
+	var readers sync.WaitGroup
+	cctx, cancel := context.WithCancel(ctx)
+	// Each frame is 4 lines ("id:", "event:", "data:", blank); a stream opens with "retry:" + blank.
+	frames.Add(clients * 2)
+	for range clients {
+		req, _ := http.NewRequestWithContext(cctx, "GET", srv.URL+"/v1/session/"+session.String()+"/events", nil)
+		req.Header.Set("Last-Event-ID", fmt.Sprint(started[0].Seq))
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			b.Fatal(err)
+		}
+		readers.Go(func() {
+			defer res.Body.Close()
+			buf := make([]byte, 64<<10)
+			for {
+				n, err := res.Body.Read(buf)
+				for _, c := range buf[:n] {
+					if c == '\n' {
+						frames.Done()
+					}
+				}
+				if err != nil {
+					return
+				}
+			}
+		})
+	}
+	text := strings.Repeat("token ", 170) // ~1 KiB so far
+	ev := agate.Event{SessionID: session, Seq: started[0].Seq, Type: agate.TypeStream, Role: agate.RoleAssistant, Version: agate.Version}
+	end := agate.Event{SessionID: session, Type: agate.TypeFinal, Role: agate.RoleAssistant, Version: agate.Version} // unstored
+	frames.Wait()
+	measureCPU(b, func() {
+		for i := 0; b.Loop(); i++ {
+			if i%100 == 0 { // a new turn: clients' offsets start over
+				frames.Add(clients * 4)
+				hub.Publish(end)
+				frames.Wait()
+				ev.Message = text
+			}
+			frames.Add(clients * 4)
+			ev.Message += "tok" + strconv.Itoa(i%100) + " "
+			ev.Delta, ev.Offset = "tok"+strconv.Itoa(i%100)+" ", len(ev.Message)
+			hub.Publish(ev)
+			frames.Wait()
+		}
+	})
+	cancel()
+	readers.Wait()
 }

@@ -169,6 +169,9 @@ func (f *follower) deliver(ev agate.Event) error {
 		f.c.offset = ev.Offset
 	case ev.Seq == 0:
 		// Not stored (its session was deleted): pass it on as it is.
+		if agate.Terminal(ev.Type) {
+			f.c.offset = 0
+		}
 	case ev.Seq <= f.c.seq:
 		if agate.Terminal(ev.Type) {
 			f.ended = max(f.ended, ev.Seq)
