@@ -88,7 +88,7 @@ func TestBadInputGetsAPreciseErrorAndWritesNothing(t *testing.T) {
 }
 
 func TestSSEWithAMalformedLastEventIDIsA400(t *testing.T) {
-	g := start(t, nil)
+	g := start(t, withUpstream(newUpstream(t), nil))
 	a := g.send(t, "", "hi")
 	for _, id := range []string{"x", "-1", "3.x", "3.-2"} {
 		res := do(t, "GET", g.URL+"/v1/session/"+a.SessionID+"/events", "", map[string]string{"Last-Event-ID": id})
@@ -99,7 +99,7 @@ func TestSSEWithAMalformedLastEventIDIsA400(t *testing.T) {
 }
 
 func TestBadInputIntoAnExistingSessionWritesNothing(t *testing.T) {
-	g := start(t, map[string]string{"AGATE_MAX_MESSAGE_BYTES": "1024"})
+	g := start(t, withUpstream(newUpstream(t), map[string]string{"AGATE_MAX_MESSAGE_BYTES": "1024"}))
 	a := g.send(t, "", "the only message")
 	var before struct {
 		Events []agate.Event `json:"events"`
@@ -128,7 +128,7 @@ func TestBadInputIntoAnExistingSessionWritesNothing(t *testing.T) {
 }
 
 func TestIdempotentRetryMayReserializeTheSameJSON(t *testing.T) {
-	g := start(t, nil)
+	g := start(t, withUpstream(newUpstream(t), nil))
 	key := map[string]string{"Idempotency-Key": "k-reserialized"}
 	first := do(t, "POST", g.URL+"/v1/session/message", `{"message":"hi","metadata":{"a":1,"b":2}}`, key)
 	again := do(t, "POST", g.URL+"/v1/session/message", `{ "metadata": {"b":2, "a":1}, "message": "hi" }`, key)
@@ -138,7 +138,7 @@ func TestIdempotentRetryMayReserializeTheSameJSON(t *testing.T) {
 }
 
 func TestWebSocketBadFramesAndHandshakes(t *testing.T) {
-	g := start(t, map[string]string{"AGATE_MAX_BODY_BYTES": "4096", "AGATE_MAX_MESSAGE_BYTES": "1024"})
+	g := start(t, withUpstream(newUpstream(t), map[string]string{"AGATE_MAX_BODY_BYTES": "4096", "AGATE_MAX_MESSAGE_BYTES": "1024"}))
 	a := g.send(t, "", "hi")
 	wsURL := "ws" + strings.TrimPrefix(g.URL, "http") + "/v1/session/" + a.SessionID + "/stream"
 	for _, tc := range []struct {

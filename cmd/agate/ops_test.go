@@ -8,7 +8,7 @@ import (
 )
 
 func TestHealthReadinessMetricsAndOpenAPI(t *testing.T) {
-	g := start(t, map[string]string{"LOG_LEVEL": "info"})
+	g := start(t, withUpstream(newUpstream(t), map[string]string{"LOG_LEVEL": "info"}))
 	g.send(t, "", "count me")
 
 	var health struct {
