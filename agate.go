@@ -4,6 +4,7 @@ package agate
 
 import (
 	"context"
+	"encoding/json"
 	"time"
 
 	"github.com/google/uuid"
@@ -131,10 +132,29 @@ type Turn struct {
 	Seq       int64 // seq of the user message
 }
 
-// Message is one chat message sent to a model.
+// Message is one chat message sent to a model, in the canonical form every provider
+// adapter maps to and from.
 type Message struct {
-	Role    string `json:"role"`
+	Role    string `json:"role"` // system, user, assistant or tool
 	Content string `json:"content"`
+	// ToolCalls are the calls an assistant message made (Content may then be empty).
+	ToolCalls []ToolCall `json:"tool_calls,omitempty"`
+	// ToolCallID names the call a tool message answers.
+	ToolCallID string `json:"tool_call_id,omitempty"`
+}
+
+// Tool is a function a model may call.
+type Tool struct {
+	Name        string          `json:"name"`
+	Description string          `json:"description,omitempty"`
+	Parameters  json.RawMessage `json:"parameters,omitempty"` // JSON Schema of the arguments
+}
+
+// ToolCall is a model's call of a tool.
+type ToolCall struct {
+	ID        string `json:"id"`
+	Name      string `json:"name"`
+	Arguments string `json:"arguments"` // JSON text, as the model wrote it
 }
 
 // ModelRequest is what a turn asks of a model.
@@ -143,11 +163,32 @@ type ModelRequest struct {
 	Messages    []Message
 	MaxTokens   int      // 0: the provider's default
 	Temperature *float64 // nil: the provider's default
+	TopP        *float64 // nil: the provider's default
+	Stop        []string
+	Tools       []Tool
+	// ToolChoice is "auto", "none", "required", or the name of the one tool to call;
+	// "" is the provider's default.
+	ToolChoice string
+	// ResponseFormat is OpenAI's response_format object, passed on as it is; nil for text.
+	ResponseFormat json.RawMessage
+	// Extra holds request fields Agate does not model, passed through unchanged to
+	// OpenAI-compatible providers and ignored by others.
+	Extra map[string]json.RawMessage
 }
 
-// Delta is a piece of a streamed reply.
+// Delta is a piece of a streamed reply: text, or a piece of a tool call.
 type Delta struct {
-	Text string
+	Text     string
+	ToolCall *ToolCallDelta
+}
+
+// ToolCallDelta is a piece of a streamed tool call. Index orders the calls of one reply;
+// the first piece of a call carries its ID and Name, later ones append to Arguments.
+type ToolCallDelta struct {
+	Index     int
+	ID        string
+	Name      string
+	Arguments string
 }
 
 // Usage counts tokens of one model call.
@@ -157,9 +198,18 @@ type Usage struct {
 	TotalTokens      int `json:"total_tokens"`
 }
 
+// Finish reasons of a Reply, in OpenAI's words; adapters map their provider's to these.
+const (
+	FinishStop      = "stop"
+	FinishLength    = "length"
+	FinishToolCalls = "tool_calls"
+	FinishFilter    = "content_filter"
+)
+
 // Reply is a model's complete answer.
 type Reply struct {
 	Text         string
+	ToolCalls    []ToolCall // assembled in Index order
 	Model        string
 	FinishReason string
 	Usage        Usage

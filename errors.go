@@ -3,6 +3,7 @@ package agate
 import (
 	"errors"
 	"fmt"
+	"time"
 )
 
 // Code is a machine-readable error code, sent to clients as "code". httpapi maps each to an
@@ -46,9 +47,10 @@ const (
 
 // Error is an error with a code and a message safe to show to a client.
 type Error struct {
-	Code    Code
-	Message string
-	Err     error // the cause, for logs; never sent to clients
+	Code       Code
+	Message    string
+	Err        error         // the cause, for logs; never sent to clients
+	RetryAfter time.Duration // when > 0: the earliest a retry may succeed (from a provider's Retry-After)
 }
 
 func (e *Error) Error() string {
@@ -81,6 +83,15 @@ func ErrorCode(err error) Code {
 		return e.Code
 	}
 	return EInternal
+}
+
+// RetryAfter returns the wait that the first *Error in err's chain asks for, or 0.
+func RetryAfter(err error) time.Duration {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.RetryAfter
+	}
+	return 0
 }
 
 // ErrorMessage returns the client-safe message of err; a generic sentence when err has no code.

@@ -65,11 +65,13 @@ type Store interface {
 	Close() error
 }
 
-// Model generates one assistant message. Deltas go to emit as they arrive; if emit returns
-// an error, Generate stops and returns it. A failure is an error carrying an agate code
-// (agate.EUpstream, agate.EUpstreamTimeout, agate.EUpstreamAuth, agate.EUpstreamRate,
-// agate.EStreamTruncated); a cancelled ctx gives ctx.Err(). Generate may be called
-// concurrently.
+// Model generates one assistant message. Deltas (text, and tool-call pieces) go to emit as
+// they arrive; if emit returns an error, Generate stops and returns it. On failure the
+// Reply holds what was received so far and the error carries an agate code
+// (agate.EUpstream, agate.EUpstreamTimeout, agate.EUpstreamAuth, agate.EUpstreamRate with
+// agate.RetryAfter when the provider said, agate.EStreamTruncated, agate.EInvalid for a
+// request the provider cannot take); a cancelled ctx gives ctx.Err(). Generate may be
+// called concurrently.
 type Model interface {
 	Generate(ctx context.Context, req agate.ModelRequest, emit func(agate.Delta) error) (agate.Reply, error)
 }
