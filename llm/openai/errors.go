@@ -7,12 +7,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"mime"
 	"net"
 	"net/http"
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 	"unicode/utf8"
 
 	"github.com/agate-gw/agate"
@@ -27,8 +29,9 @@ var (
 // maxMessage bounds the provider text quoted in an error message, in runes.
 const maxMessage = 300
 
-// fail maps an error of the HTTP exchange to what Generate returns.
-func (s *stream) fail(err error) error {
+// cancelled returns what Generate returns when the caller's context is done or the
+// request's Timeout or IdleTimeout fired, and nil otherwise.
+func (s *stream) cancelled(err error) error {
 	if e := s.ctx.Err(); e != nil {
 		return e
 	}
@@ -39,6 +42,16 @@ func (s *stream) fail(err error) error {
 	case errors.Is(cause, errTimeout):
 		return agate.Wrap(agate.EUpstreamTimeout, err, fmt.Sprintf(
 			"The LLM provider did not finish its reply within %s; try again or ask for a shorter reply.", s.c.timeout))
+	}
+	return nil
+}
+
+// failBeforeResponse maps an error of the HTTP exchange before any response arrived to
+// what Generate returns. Nothing was received, so these are agate.EUpstream (or
+// agate.EUpstreamTimeout) and never agate.EStreamTruncated: a retry cannot duplicate text.
+func (s *stream) failBeforeResponse(err error) error {
+	if e := s.cancelled(err); e != nil {
+		return e
 	}
 	var (
 		netErr  net.Error
@@ -61,12 +74,17 @@ func (s *stream) fail(err error) error {
 	case errors.As(err, &opErr) && opErr.Op == "dial":
 		return agate.Wrap(agate.EUpstream, err,
 			"The LLM provider is unreachable. Check LLM_BASE_URL and the network.")
+	case errors.Is(err, syscall.ECONNRESET) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF):
+		return agate.Wrap(agate.EUpstream, err,
+			"The LLM provider could not be reached: it closed the connection before answering. Try again.")
 	}
-	return agate.Wrap(agate.EUpstream, err, "The request to the LLM provider failed; try again.")
+	return agate.Wrap(agate.EUpstream, err,
+		"The LLM provider could not be reached: the connection failed before it answered. Try again.")
 }
 
 // endOfStream maps the error that ended a response body (io.EOF included) to what Generate
-// returns: nil if the reply was complete.
+// returns: nil if the reply was complete. A connection that fails once the response has
+// begun is agate.EStreamTruncated, unless a timeout explains it.
 func (s *stream) endOfStream(err error) error {
 	if e := s.ctx.Err(); e != nil {
 		return e
@@ -74,9 +92,11 @@ func (s *stream) endOfStream(err error) error {
 	if s.sawFinish {
 		return nil
 	}
-	var netErr net.Error
-	if context.Cause(s.reqCtx) != nil || (errors.As(err, &netErr) && netErr.Timeout()) {
-		return s.fail(err)
+	if e := s.cancelled(err); e != nil {
+		return e
+	}
+	if netErr := net.Error(nil); errors.As(err, &netErr) && netErr.Timeout() {
+		return agate.Wrap(agate.EUpstreamTimeout, err, "The LLM provider took too long to answer; try again.")
 	}
 	return agate.Wrap(agate.EStreamTruncated, err,
 		"The LLM provider's stream ended before the reply was complete; try again.")
@@ -107,38 +127,76 @@ func (c *Client) statusError(resp *http.Response, s *stream) error {
 		return agate.Wrap(agate.EUpstreamAuth, cause,
 			sentence("The LLM provider refused the gateway's credentials "+head, msg)+hint)
 	case http.StatusTooManyRequests:
-		return agate.Wrap(agate.EUpstreamRate, cause,
-			sentence("The LLM provider is rate limiting the gateway "+head, msg)+retryAfter(resp.Header))
+		wait, hint := retryAfter(resp.Header, time.Now())
+		return &agate.Error{Code: agate.EUpstreamRate, Err: cause, RetryAfter: wait,
+			Message: sentence("The LLM provider is rate limiting the gateway "+head, msg) + hint}
 	case http.StatusRequestTimeout, http.StatusGatewayTimeout:
 		return agate.Wrap(agate.EUpstreamTimeout, cause,
 			sentence("The LLM provider timed out "+head, msg)+" Try again.")
+	case http.StatusBadRequest, http.StatusRequestEntityTooLarge, http.StatusUnprocessableEntity:
+		// The request itself is refused (too long a context, a bad parameter): retrying or
+		// another provider's breaker would not help, and it is the caller's to fix.
+		return agate.Wrap(agate.EInvalid, cause, sentence("The LLM provider refused the request "+head, msg))
 	}
 	if code >= 300 && code <= 399 {
 		return agate.Wrap(agate.EUpstream, cause, fmt.Sprintf(
 			"The LLM base URL redirects elsewhere (HTTP %d). Set LLM_BASE_URL to the URL it redirects to.", code))
 	}
-	hint := retryAfter(resp.Header)
+	wait, hint := retryAfter(resp.Header, time.Now())
+	if code != http.StatusServiceUnavailable {
+		wait = 0
+	}
 	if code == http.StatusNotFound {
 		hint += " Check LLM_BASE_URL (it usually ends in /v1) and LLM_MODEL."
 	}
-	return agate.Wrap(agate.EUpstream, cause,
-		sentence("The LLM provider answered with an error "+head, msg)+hint)
+	return &agate.Error{Code: agate.EUpstream, Err: cause, RetryAfter: wait,
+		Message: sentence("The LLM provider answered with an error "+head, msg) + hint}
 }
 
-// retryAfter renders a Retry-After header (seconds or an HTTP date) as a sentence, or "".
-func retryAfter(h http.Header) string {
-	v := strings.TrimSpace(h.Get("Retry-After"))
-	if n, err := strconv.Atoi(v); err == nil && n >= 0 {
-		if n == 1 {
-			return " Retry after 1 second."
+// retryAfter returns the wait that a response's headers ask for at time now, and a
+// sentence saying so; 0 and "" when they do not say. It reads "retry-after-ms" (OpenAI,
+// milliseconds) and "Retry-After" (seconds, possibly fractional, or an HTTP date); the
+// first is more precise and wins for the wait, the second is quoted in the sentence as the
+// provider wrote it. A date in the past is a wait of 0; values that are not numbers or
+// dates, negative, or over maxRetryAfter are ignored.
+func retryAfter(h http.Header, now time.Time) (time.Duration, string) {
+	var (
+		wait time.Duration
+		hint string
+	)
+	if v := strings.TrimSpace(h.Get("Retry-After")); v != "" {
+		if f, err := strconv.ParseFloat(v, 64); err == nil && f >= 0 && f < maxRetryAfter {
+			wait = seconds(f)
+			if f == 1 {
+				hint = " Retry after 1 second."
+			} else {
+				hint = " Retry after " + strconv.FormatFloat(f, 'f', -1, 64) + " seconds."
+			}
+		} else if t, err := http.ParseTime(v); err == nil {
+			wait = max(t.Sub(now), 0)
+			hint = " Retry after " + t.UTC().Format(http.TimeFormat) + "."
 		}
-		return fmt.Sprintf(" Retry after %d seconds.", n)
 	}
-	if t, err := http.ParseTime(v); err == nil {
-		return " Retry after " + t.UTC().Format(http.TimeFormat) + "."
+	if v := strings.TrimSpace(h.Get("Retry-After-Ms")); v != "" {
+		if ms, err := strconv.ParseFloat(v, 64); err == nil && ms >= 0 && ms < maxRetryAfter*1000 {
+			wait = seconds(ms / 1000)
+			if hint == "" {
+				s := math.Ceil(ms / 1000)
+				hint = " Retry after " + strconv.FormatFloat(s, 'f', -1, 64) + " seconds."
+				if s == 1 {
+					hint = " Retry after 1 second."
+				}
+			}
+		}
 	}
-	return ""
+	return wait, hint
 }
+
+// maxRetryAfter bounds a believable wait, in seconds (about 31 years); a longer one is
+// ignored as garbage.
+const maxRetryAfter = 1e9
+
+func seconds(f float64) time.Duration { return time.Duration(f * float64(time.Second)) }
 
 // providerMessage extracts the error message from an error body: {"error":{"message"}},
 // {"error":"…"}, {"message":"…"} or {"detail":"…"}; a text/plain body is the message.

@@ -1,6 +1,7 @@
-// Package openai is a client for OpenAI-compatible Chat Completions APIs: OpenAI itself and
-// the many servers that speak its wire format (vLLM, llama.cpp, Ollama, LiteLLM, …). It
-// streams replies over server-sent events and implements turn.Model.
+// Package openai is a client for OpenAI-compatible Chat Completions APIs: OpenAI itself,
+// Azure OpenAI deployments and the many servers that speak its wire format (vLLM,
+// llama.cpp, Ollama, LiteLLM, OpenRouter, …). It streams replies over server-sent events,
+// tool calls included, and implements turn.Model.
 package openai
 
 import (
@@ -38,7 +39,9 @@ type Config struct {
 	// "/chat/completions" suffix are removed; nothing else is guessed (no "/v1" is added).
 	// A query string (Azure's "?api-version=") is kept. Default DefaultBaseURL.
 	BaseURL string
-	// APIKey is sent as "Authorization: Bearer <APIKey>" when not empty.
+	// APIKey is sent as "Authorization: Bearer <APIKey>" when not empty. For an Azure
+	// OpenAI deployment (a BaseURL whose host ends in "openai.azure.com" and whose query
+	// has "api-version") it is sent as "api-key: <APIKey>" instead, as Azure expects.
 	APIKey string
 	// Model is used when a request names no model.
 	Model string
@@ -54,33 +57,41 @@ type Config struct {
 	// count. Default DefaultIdleTimeout.
 	IdleTimeout time.Duration
 	// Headers are added to every request, after and in place of the default ones of the
-	// same name (for example "api-key" for Azure, "OpenAI-Organization", or a different
-	// "Authorization").
+	// same name (for example "OpenAI-Organization", or an "Authorization" with a Microsoft
+	// Entra token for Azure).
 	Headers map[string]string
+	// MaxTokensField names the request field that carries ModelRequest.MaxTokens:
+	// "max_tokens" (the default, understood by nearly every compatible server) or
+	// "max_completion_tokens" (required by OpenAI's reasoning models, which refuse
+	// "max_tokens").
+	MaxTokensField string
 }
 
 // Client calls an OpenAI-compatible Chat Completions endpoint. It is safe for concurrent use.
 type Client struct {
-	endpoint string
-	urlErr   error // a BaseURL that cannot be used; returned by every Generate
-	key      string
-	model    string
-	hc       *http.Client
-	timeout  time.Duration
-	idle     time.Duration
-	headers  http.Header
+	endpoint  string
+	cfgErr    error // a Config that cannot be used; returned by every Generate
+	key       string
+	azure     bool // send key as "api-key"
+	model     string
+	hc        *http.Client
+	timeout   time.Duration
+	idle      time.Duration
+	headers   http.Header
+	maxTokens string // the request field of ModelRequest.MaxTokens
 }
 
-// New returns a client for cfg. It does no I/O; an unusable BaseURL is reported by
-// Generate.
+// New returns a client for cfg. It does no I/O; an unusable BaseURL or MaxTokensField
+// is reported by Generate.
 func New(cfg Config) *Client {
 	c := &Client{
-		key:     cfg.APIKey,
-		model:   cfg.Model,
-		hc:      cfg.HTTPClient,
-		timeout: cfg.Timeout,
-		idle:    cfg.IdleTimeout,
-		headers: make(http.Header, len(cfg.Headers)),
+		key:       cfg.APIKey,
+		model:     cfg.Model,
+		hc:        cfg.HTTPClient,
+		timeout:   cfg.Timeout,
+		idle:      cfg.IdleTimeout,
+		headers:   make(http.Header, len(cfg.Headers)),
+		maxTokens: cfg.MaxTokensField,
 	}
 	if c.hc == nil {
 		c.hc = &http.Client{CheckRedirect: keepMethod}
@@ -94,7 +105,17 @@ func New(cfg Config) *Client {
 	for k, v := range cfg.Headers {
 		c.headers.Set(k, v)
 	}
-	c.endpoint, c.urlErr = endpoint(cfg.BaseURL)
+	c.endpoint, c.azure, c.cfgErr = endpoint(cfg.BaseURL)
+	switch c.maxTokens {
+	case "":
+		c.maxTokens = "max_tokens"
+	case "max_tokens", "max_completion_tokens":
+	default:
+		if c.cfgErr == nil {
+			c.cfgErr = agate.Errorf(agate.EUpstream,
+				"The LLM max tokens field must be max_tokens or max_completion_tokens, not %q.", c.maxTokens)
+		}
+	}
 	return c
 }
 
@@ -110,8 +131,9 @@ func keepMethod(req *http.Request, via []*http.Request) error {
 	return nil
 }
 
-// endpoint returns the chat completions URL of base.
-func endpoint(base string) (string, error) {
+// endpoint returns the chat completions URL of base, and whether it is an Azure OpenAI
+// deployment (host *openai.azure.com with an api-version query).
+func endpoint(base string) (string, bool, error) {
 	base = strings.TrimSpace(base)
 	if base == "" {
 		base = DefaultBaseURL
@@ -119,30 +141,18 @@ func endpoint(base string) (string, error) {
 	u, err := url.Parse(base)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		// The URL is not quoted: it could hold credentials.
-		return "", agate.Errorf(agate.EUpstream,
+		return "", false, agate.Errorf(agate.EUpstream,
 			"The LLM base URL is not a valid http(s) URL; check LLM_BASE_URL (for example https://api.openai.com/v1).")
 	}
 	p := strings.TrimRight(u.Path, "/")
 	p = strings.TrimSuffix(p, "/chat/completions")
 	p = strings.TrimRight(p, "/")
 	u.Path, u.RawPath, u.Fragment, u.RawFragment = p+"/chat/completions", "", "", ""
-	return u.String(), nil
+	azure := strings.HasSuffix(strings.ToLower(u.Hostname()), "openai.azure.com") && u.Query().Has("api-version")
+	return u.String(), azure, nil
 }
 
-// Wire format.
-
-type chatRequest struct {
-	Model         string          `json:"model"`
-	Messages      []agate.Message `json:"messages"`
-	Stream        bool            `json:"stream"`
-	StreamOptions *streamOptions  `json:"stream_options,omitempty"`
-	MaxTokens     int             `json:"max_tokens,omitempty"`
-	Temperature   *float64        `json:"temperature,omitempty"`
-}
-
-type streamOptions struct {
-	IncludeUsage bool `json:"include_usage"`
-}
+// Wire format of a reply.
 
 // completion is a "chat.completion.chunk" or a "chat.completion"; it also catches the
 // error shapes servers send with status 200: {"error":{…}} / {"error":"…"} (OpenAI,
@@ -164,8 +174,10 @@ type choice struct {
 }
 
 type content struct {
-	Content string `json:"content"`
-	Refusal string `json:"refusal"`
+	Content      string          `json:"content"`
+	Refusal      string          `json:"refusal"`
+	ToolCalls    []toolCallPiece `json:"tool_calls"`
+	FunctionCall *functionPiece  `json:"function_call"` // the legacy single call
 }
 
 // text is what the model said: its content, or its refusal when it refused.
@@ -183,22 +195,47 @@ func (c *completion) failed() (string, bool) {
 }
 
 // Generate sends req and streams the reply to emit, one call per non-empty piece of text
-// (a nil emit discards them). It returns the whole reply: its text, the model that wrote
-// it (as the provider names it), the finish reason ("stop", "length", …) and the token
-// usage when the provider reports it.
+// and one per piece of a tool call (a nil emit discards them). It returns the whole
+// reply: its text, its tool calls, the model that wrote it (as the provider names it),
+// the finish reason (agate.FinishStop, agate.FinishToolCalls, …) and the token usage
+// when the provider reports it.
+//
+// Tool-call pieces carry the call's position in Reply.ToolCalls as their Index (calls in
+// the order they began; OpenAI's own index for servers that number from 0), the call's ID
+// and Name on the first piece that tells them, and the next part of its Arguments.
+// Pieces are matched to calls by their call's id, else by their "index", else (servers
+// that omit both) to the call of the previous piece; a piece with a new id and a function
+// name begins a new call even at a used index. So interleaved calls are assembled
+// correctly and no piece is dropped. A legacy "function_call" is reported as a tool call
+// without an ID. The finish reasons "function_call", and "stop" on a reply with tool
+// calls, are reported as agate.FinishToolCalls.
+//
+// The fields of req are sent in OpenAI's shape. req.Extra adds its members to the
+// top-level request object verbatim, but the adapter's own fields take precedence: an
+// Extra member is dropped when the adapter writes a member of that name itself (model,
+// messages, stream and stream_options always; the token limit, temperature, top_p, stop,
+// tools, tool_choice and response_format when req sets them). Token limits are the one
+// exception, since servers refuse two: an Extra "max_completion_tokens" is sent as it is
+// and the adapter then sends no limit of its own; otherwise, when req.MaxTokens is set,
+// the adapter's limit replaces both "max_tokens" and "max_completion_tokens" of Extra.
 //
 // If emit returns an error, Generate stops and returns that error. If ctx is done, it
 // returns ctx.Err(). Any other failure is an *agate.Error whose message can be shown to
-// users: agate.EUpstreamAuth (HTTP 401/403), agate.EUpstreamRate (429, with Retry-After),
+// users: agate.EUpstreamAuth (HTTP 401/403), agate.EUpstreamRate (429),
 // agate.EUpstreamTimeout (408/504, Config.Timeout or Config.IdleTimeout exceeded),
-// agate.EStreamTruncated (the stream ended before "data: [DONE]" and before any choice
-// had a finish_reason) or agate.EUpstream (anything else, including an error object in
-// the stream and an unreachable provider). A stream that ends or stalls without
-// "[DONE]" after a finish_reason was seen is accepted: the reply is complete, only a
-// usage chunk may be missing. On error the returned Reply holds what arrived before it.
+// agate.EStreamTruncated (the connection failed or the stream ended after the response
+// began, before "data: [DONE]" and before any choice had a finish_reason), agate.EInvalid
+// (a request that cannot be encoded) or agate.EUpstream (anything else, including an
+// error object in the stream and a provider that could not be reached: a connection that
+// failed before any response, which is safe to retry). For 429, and 503 with a
+// Retry-After, agate.RetryAfter(err) is the wait the provider asked for ("retry-after-ms"
+// or "Retry-After"). A stream that ends or stalls without "[DONE]" after a finish_reason
+// was seen is accepted: the reply is complete, only a usage chunk may be missing. On
+// error the returned Reply holds what arrived before it, tool calls included.
 //
 // A server that ignores "stream": true and answers with an application/json
-// "chat.completion" object works too: its content is emitted as one piece.
+// "chat.completion" object works too: its content is emitted as one piece, and each of
+// its tool calls as one piece.
 func (c *Client) Generate(ctx context.Context, req agate.ModelRequest, emit func(agate.Delta) error) (agate.Reply, error) {
 	if err := ctx.Err(); err != nil {
 		return agate.Reply{}, err
@@ -206,31 +243,20 @@ func (c *Client) Generate(ctx context.Context, req agate.ModelRequest, emit func
 	if emit == nil {
 		emit = discard
 	}
-	if c.urlErr != nil {
-		return agate.Reply{}, c.urlErr
+	if c.cfgErr != nil {
+		return agate.Reply{}, c.cfgErr
 	}
 	model := req.Model
 	if model == "" {
 		model = c.model
 	}
-	msgs := req.Messages
-	if msgs == nil {
-		msgs = []agate.Message{}
-	}
-	body, err := json.Marshal(chatRequest{
-		Model:         model,
-		Messages:      msgs,
-		Stream:        true,
-		StreamOptions: &streamOptions{IncludeUsage: true},
-		MaxTokens:     req.MaxTokens,
-		Temperature:   req.Temperature,
-	})
-	if err != nil { // only a NaN or infinite temperature gets here
-		return agate.Reply{}, agate.Wrap(agate.EInvalid, err, "The model request could not be encoded; check its temperature.")
+	body, err := c.body(model, req)
+	if err != nil {
+		return agate.Reply{}, err
 	}
 
 	// reqCtx is cancelled by the caller (ctx), by Timeout (cause errTimeout) or by
-	// IdleTimeout (cause errIdle); fail tells them apart.
+	// IdleTimeout (cause errIdle); stream.cancelled tells them apart.
 	reqCtx, cancelTimeout := context.WithTimeoutCause(ctx, c.timeout, errTimeout)
 	defer cancelTimeout()
 	reqCtx, cancelIdle := context.WithCancelCause(reqCtx)
@@ -240,7 +266,11 @@ func (c *Client) Generate(ctx context.Context, req agate.ModelRequest, emit func
 	if err != nil {
 		return agate.Reply{}, agate.Wrap(agate.EUpstream, err, "The request to the LLM provider could not be built; check LLM_BASE_URL.")
 	}
-	if c.key != "" {
+	switch {
+	case c.key == "":
+	case c.azure:
+		hreq.Header.Set("api-key", c.key)
+	default:
 		hreq.Header.Set("Authorization", "Bearer "+c.key)
 	}
 	hreq.Header.Set("Content-Type", "application/json")
@@ -249,11 +279,11 @@ func (c *Client) Generate(ctx context.Context, req agate.ModelRequest, emit func
 		hreq.Header[k] = v
 	}
 
-	s := &stream{c: c, ctx: ctx, reqCtx: reqCtx, emit: emit}
+	s := &stream{c: c, ctx: ctx, reqCtx: reqCtx, emit: emit, calls: newToolCalls()}
 	s.reply.Model = model
 	resp, err := c.hc.Do(hreq)
 	if err != nil {
-		return agate.Reply{}, s.fail(err)
+		return agate.Reply{}, s.failBeforeResponse(err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
@@ -297,6 +327,7 @@ type stream struct {
 	emit      func(agate.Delta) error
 	reply     agate.Reply
 	text      strings.Builder
+	calls     *toolCalls
 	sawFinish bool // a choice had a finish_reason
 }
 
@@ -352,7 +383,8 @@ func (s *stream) readJSON(r io.Reader) (agate.Reply, error) {
 	return s.result(s.add(&ch, true))
 }
 
-// add takes in one chunk (or a whole non-streaming completion) and emits its text.
+// add takes in one chunk (or a whole non-streaming completion) and emits its text and
+// tool-call pieces.
 func (s *stream) add(ch *completion, whole bool) error {
 	if ch.Model != "" {
 		s.reply.Model = ch.Model
@@ -365,26 +397,56 @@ func (s *stream) add(ch *completion, whole bool) error {
 			continue
 		}
 		if cc.FinishReason != nil && *cc.FinishReason != "" {
-			s.reply.FinishReason = *cc.FinishReason
+			s.reply.FinishReason = finishReason(*cc.FinishReason)
 			s.sawFinish = true
 		}
-		t := cc.Delta.text()
+		m := cc.Delta
 		if whole {
-			t = cc.Message.text()
+			m = cc.Message
 		}
-		if t == "" {
-			continue
+		if t := m.text(); t != "" {
+			s.text.WriteString(t)
+			if err := s.emit(agate.Delta{Text: t}); err != nil {
+				return err
+			}
 		}
-		s.text.WriteString(t)
-		if err := s.emit(agate.Delta{Text: t}); err != nil {
-			return err
+		pieces := m.ToolCalls
+		if m.FunctionCall != nil {
+			zero := 0
+			pieces = append(pieces, toolCallPiece{Index: &zero, Function: *m.FunctionCall})
+		}
+		for _, p := range pieces {
+			var d *agate.ToolCallDelta
+			if whole {
+				d = s.calls.whole(p)
+			} else {
+				d = s.calls.add(p)
+			}
+			if d == nil {
+				continue
+			}
+			if err := s.emit(agate.Delta{ToolCall: d}); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
 }
 
+// finishReason maps a finish_reason to the canonical one.
+func finishReason(r string) string {
+	if r == "function_call" {
+		return agate.FinishToolCalls
+	}
+	return r
+}
+
 // result returns the reply so far with err.
 func (s *stream) result(err error) (agate.Reply, error) {
 	s.reply.Text = s.text.String()
+	s.reply.ToolCalls = s.calls.result()
+	if s.reply.ToolCalls != nil && s.reply.FinishReason == agate.FinishStop {
+		s.reply.FinishReason = agate.FinishToolCalls
+	}
 	return s.reply, err
 }

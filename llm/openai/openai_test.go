@@ -81,11 +81,19 @@ func bytesOf(s string) []string {
 	return out
 }
 
-// recorder collects the deltas emitted to it.
-type recorder struct{ deltas []string }
+// recorder collects the deltas emitted to it: text in deltas, tool-call pieces in calls.
+type recorder struct {
+	deltas []string
+	calls  []agate.ToolCallDelta
+}
 
 func (r *recorder) emit(d agate.Delta) error {
-	r.deltas = append(r.deltas, d.Text)
+	if d.Text != "" || d.ToolCall == nil {
+		r.deltas = append(r.deltas, d.Text)
+	}
+	if d.ToolCall != nil {
+		r.calls = append(r.calls, *d.ToolCall)
+	}
 	return nil
 }
 
@@ -348,12 +356,13 @@ func TestUnusableBaseURL(t *testing.T) {
 
 func TestHTTPErrors(t *testing.T) {
 	tests := []struct {
-		name        string
-		status      int
-		header      map[string]string
-		body        string
-		wantCode    agate.Code
-		wantMessage string
+		name           string
+		status         int
+		header         map[string]string
+		body           string
+		wantCode       agate.Code
+		wantMessage    string
+		wantRetryAfter time.Duration
 	}{{
 		name:   "bad key",
 		status: 401,
@@ -369,12 +378,43 @@ func TestHTTPErrors(t *testing.T) {
 		wantCode:    agate.EUpstreamAuth,
 		wantMessage: "The LLM provider refused the gateway's credentials (HTTP 403): Country, region, or territory not supported. Check LLM_API_KEY.",
 	}, {
-		name:        "rate limited",
+		name:           "rate limited",
+		status:         429,
+		header:         map[string]string{"Retry-After": "20"},
+		body:           `{"error":{"message":"Rate limit reached for gpt-4o-mini in organization org-x on requests per min (RPM): Limit 3, Used 3, Requested 1.","type":"requests","param":null,"code":"rate_limit_exceeded"}}`,
+		wantCode:       agate.EUpstreamRate,
+		wantMessage:    "The LLM provider is rate limiting the gateway (HTTP 429): Rate limit reached for gpt-4o-mini in organization org-x on requests per min (RPM): Limit 3, Used 3, Requested 1. Retry after 20 seconds.",
+		wantRetryAfter: 20 * time.Second,
+	}, {
+		name:           "rate limited, OpenAI's milliseconds win",
+		status:         429,
+		header:         map[string]string{"Retry-After": "2", "retry-after-ms": "1500"},
+		body:           `{"error":{"message":"Rate limit reached for gpt-4o in organization org-x on tokens per min (TPM): Limit 30000, Used 29800, Requested 450. Please try again in 1.5s.","type":"tokens","param":null,"code":"rate_limit_exceeded"}}`,
+		wantCode:       agate.EUpstreamRate,
+		wantMessage:    "The LLM provider is rate limiting the gateway (HTTP 429): Rate limit reached for gpt-4o in organization org-x on tokens per min (TPM): Limit 30000, Used 29800, Requested 450. Please try again in 1.5s. Retry after 2 seconds.",
+		wantRetryAfter: 1500 * time.Millisecond,
+	}, {
+		name:           "rate limited, milliseconds only",
+		status:         429,
+		header:         map[string]string{"retry-after-ms": "250"},
+		body:           `{"error":{"message":"Slow down"}}`,
+		wantCode:       agate.EUpstreamRate,
+		wantMessage:    "The LLM provider is rate limiting the gateway (HTTP 429): Slow down. Retry after 1 second.",
+		wantRetryAfter: 250 * time.Millisecond,
+	}, {
+		name:        "rate limited without a wait",
 		status:      429,
-		header:      map[string]string{"Retry-After": "20"},
-		body:        `{"error":{"message":"Rate limit reached for gpt-4o-mini in organization org-x on requests per min (RPM): Limit 3, Used 3, Requested 1.","type":"requests","param":null,"code":"rate_limit_exceeded"}}`,
+		body:        `{"error":{"message":"Slow down"}}`,
 		wantCode:    agate.EUpstreamRate,
-		wantMessage: "The LLM provider is rate limiting the gateway (HTTP 429): Rate limit reached for gpt-4o-mini in organization org-x on requests per min (RPM): Limit 3, Used 3, Requested 1. Retry after 20 seconds.",
+		wantMessage: "The LLM provider is rate limiting the gateway (HTTP 429): Slow down.",
+	}, {
+		name:           "rate limited, fractional seconds",
+		status:         429,
+		header:         map[string]string{"Retry-After": "0.5"},
+		body:           `{"error":{"message":"Slow down"}}`,
+		wantCode:       agate.EUpstreamRate,
+		wantMessage:    "The LLM provider is rate limiting the gateway (HTTP 429): Slow down. Retry after 0.5 seconds.",
+		wantRetryAfter: 500 * time.Millisecond,
 	}, {
 		name:        "rate limited with a date",
 		status:      429,
@@ -398,8 +438,8 @@ func TestHTTPErrors(t *testing.T) {
 		name:        "vLLM error shape",
 		status:      400,
 		body:        `{"object":"error","message":"This model's maximum context length is 4096 tokens.","type":"BadRequestError","param":null,"code":400}`,
-		wantCode:    agate.EUpstream,
-		wantMessage: "The LLM provider answered with an error (HTTP 400): This model's maximum context length is 4096 tokens.",
+		wantCode:    agate.EInvalid, // the caller's to fix: not retried, not a breaker failure
+		wantMessage: "The LLM provider refused the request (HTTP 400): This model's maximum context length is 4096 tokens.",
 	}, {
 		name:        "proxy page",
 		status:      502,
@@ -408,12 +448,20 @@ func TestHTTPErrors(t *testing.T) {
 		wantCode:    agate.EUpstream,
 		wantMessage: "The LLM provider answered with an error (HTTP 502).",
 	}, {
-		name:        "plain text",
-		status:      503,
-		header:      map[string]string{"Content-Type": "text/plain; charset=utf-8", "Retry-After": "1"},
-		body:        "model is loading\n",
+		name:           "plain text",
+		status:         503,
+		header:         map[string]string{"Content-Type": "text/plain; charset=utf-8", "Retry-After": "1"},
+		body:           "model is loading\n",
+		wantCode:       agate.EUpstream,
+		wantMessage:    "The LLM provider answered with an error (HTTP 503): model is loading. Retry after 1 second.",
+		wantRetryAfter: time.Second,
+	}, {
+		name:        "server error with Retry-After gives no wait",
+		status:      500,
+		header:      map[string]string{"Retry-After": "5"},
+		body:        `{"error":{"message":"boom"}}`,
 		wantCode:    agate.EUpstream,
-		wantMessage: "The LLM provider answered with an error (HTTP 503): model is loading. Retry after 1 second.",
+		wantMessage: "The LLM provider answered with an error (HTTP 500): boom. Retry after 5 seconds.",
 	}, {
 		name:        "gateway timeout",
 		status:      504,
@@ -457,6 +505,9 @@ func TestHTTPErrors(t *testing.T) {
 			}
 			if diff := cmp.Diff(tt.wantMessage, agate.ErrorMessage(err)); diff != "" {
 				t.Errorf("message (-want +got):\n%s", diff)
+			}
+			if got := agate.RetryAfter(err); got != tt.wantRetryAfter {
+				t.Errorf("RetryAfter = %v, want %v", got, tt.wantRetryAfter)
 			}
 			if strings.Contains(err.Error(), testKey) {
 				t.Errorf("error %q shows the API key", err)
@@ -743,27 +794,80 @@ func TestUnreachableProvider(t *testing.T) {
 	})
 }
 
-func TestConnectionResetMidStream(t *testing.T) {
-	srv := serve(t, func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/event-stream")
-		io.WriteString(w, `data: {"model":"m","choices":[{"index":0,"delta":{"content":"Hel"},"finish_reason":null}]}`+"\n\n")
-		http.NewResponseController(w).Flush()
-		conn, _, err := http.NewResponseController(w).Hijack()
-		if err != nil {
-			t.Error(err)
-			return
-		}
-		if tc, ok := conn.(*net.TCPConn); ok {
-			tc.SetLinger(0) // RST, not FIN
-		}
-		conn.Close()
-	})
-	got, err := openai.New(openai.Config{BaseURL: srv.URL}).Generate(t.Context(), userRequest("hi"), (&recorder{}).emit)
-	if code(err) != agate.EStreamTruncated {
-		t.Fatalf("err = %v, want code %q", err, agate.EStreamTruncated)
+// drop ends the connection of w without a response, with a reset (RST) or a close (FIN).
+func drop(t *testing.T, w http.ResponseWriter, reset bool) {
+	conn, _, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		t.Error(err)
+		return
 	}
-	if got.Text != "Hel" {
-		t.Errorf("partial text = %q", got.Text)
+	if tc, ok := conn.(*net.TCPConn); ok && reset {
+		tc.SetLinger(0) // RST, not FIN
+	}
+	conn.Close()
+}
+
+func TestConnectionLostBeforeOrAfterFirstByte(t *testing.T) {
+	tool := `data: {"model":"m","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"call_1","type":"function","function":{"name":"f","arguments":"{\"a\":"}}]},"finish_reason":null}]}` + "\n\n"
+	tests := []struct {
+		name        string
+		before      string // sent before the connection is lost; "" for no response at all
+		reset       bool
+		wantCode    agate.Code
+		wantMessage string
+		wantReply   agate.Reply
+	}{{
+		name:        "reset before the response",
+		reset:       true,
+		wantCode:    agate.EUpstream,
+		wantMessage: "The LLM provider could not be reached: it closed the connection before answering. Try again.",
+	}, {
+		name:        "closed before the response",
+		wantCode:    agate.EUpstream,
+		wantMessage: "The LLM provider could not be reached: it closed the connection before answering. Try again.",
+	}, {
+		name:        "reset after the headers",
+		before:      "\n",
+		reset:       true,
+		wantCode:    agate.EStreamTruncated,
+		wantMessage: "The LLM provider's stream ended before the reply was complete; try again.",
+		wantReply:   agate.Reply{Model: "m"},
+	}, {
+		name:        "reset mid-stream",
+		before:      `data: {"model":"m","choices":[{"index":0,"delta":{"content":"Hel"},"finish_reason":null}]}` + "\n\n",
+		reset:       true,
+		wantCode:    agate.EStreamTruncated,
+		wantMessage: "The LLM provider's stream ended before the reply was complete; try again.",
+		wantReply:   agate.Reply{Text: "Hel", Model: "m"},
+	}, {
+		name:        "closed in a tool call",
+		before:      tool,
+		wantCode:    agate.EStreamTruncated,
+		wantMessage: "The LLM provider's stream ended before the reply was complete; try again.",
+		wantReply:   agate.Reply{Model: "m", ToolCalls: []agate.ToolCall{{ID: "call_1", Name: "f", Arguments: `{"a":`}}},
+	}}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := serve(t, func(w http.ResponseWriter, r *http.Request) {
+				io.Copy(io.Discard, r.Body)
+				if tt.before != "" {
+					w.Header().Set("Content-Type", "text/event-stream")
+					io.WriteString(w, tt.before)
+					http.NewResponseController(w).Flush()
+				}
+				drop(t, w, tt.reset)
+			})
+			got, err := openai.New(openai.Config{BaseURL: srv.URL, Model: "m"}).Generate(t.Context(), userRequest("hi"), (&recorder{}).emit)
+			if code(err) != tt.wantCode {
+				t.Fatalf("err = %v, want code %q", err, tt.wantCode)
+			}
+			if diff := cmp.Diff(tt.wantMessage, agate.ErrorMessage(err)); diff != "" {
+				t.Errorf("message (-want +got):\n%s", diff)
+			}
+			if diff := cmp.Diff(tt.wantReply, got); diff != "" {
+				t.Errorf("partial reply (-want +got):\n%s", diff)
+			}
+		})
 	}
 }
 
