@@ -8,12 +8,14 @@ import (
 	"github.com/agate-gw/agate"
 )
 
-// Anonymous authenticates every request as the subject "anonymous" of Tenant.
+// Anonymous authenticates every request as the subject "anonymous" of Tenant, with
+// Scopes (the dev profile grants "admin"; prod none).
 type Anonymous struct {
 	Tenant string
+	Scopes []string
 }
 
 // Authenticate never fails.
 func (a Anonymous) Authenticate(*http.Request) (agate.Principal, error) {
-	return agate.Principal{Tenant: a.Tenant, Subject: "anonymous"}, nil
+	return agate.Principal{Tenant: a.Tenant, Subject: "anonymous", Scopes: a.Scopes}, nil
 }

@@ -54,6 +54,8 @@ func (nopModel) Generate(context.Context, agate.ModelRequest, func(agate.Delta) 
 	return agate.Reply{}, nil
 }
 
+func (nopModel) Models() []string { return nil }
+
 // BenchmarkAcceptMessage is POST /v1/session/message through the whole HTTP handler
 // (middleware, validation, one SQLite transaction, queueing) without the network and
 // without running the turn.
@@ -67,7 +69,7 @@ func BenchmarkAcceptMessage(b *testing.B) {
 	log := slog.New(slog.NewJSONHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelError}))
 	hub := inmem.NewHub(0)
 	runner := turn.New(store, nopModel{}, hub, log, turn.Config{MaxQueued: 1 << 30})
-	api := httpapi.New(runner, store, hub, authn.Anonymous{Tenant: "public"}, nil, log, prometheus.NewRegistry(), httpapi.Config{})
+	api := httpapi.New(runner, nopModel{}, store, hub, authn.Anonymous{Tenant: "public"}, nil, log, prometheus.NewRegistry(), httpapi.Config{})
 
 	post := func(body string) {
 		req := httptest.NewRequest("POST", "/v1/session/message", strings.NewReader(body))
@@ -140,7 +142,7 @@ func BenchmarkStreamChunkTo100SSEClients(b *testing.B) {
 	log := slog.New(slog.NewJSONHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelError}))
 	hub := inmem.NewHub(0)
 	runner := turn.New(store, nopModel{}, hub, log, turn.Config{})
-	api := httpapi.New(runner, store, hub, authn.Anonymous{Tenant: "public"}, nil, log, prometheus.NewRegistry(), httpapi.Config{})
+	api := httpapi.New(runner, nopModel{}, store, hub, authn.Anonymous{Tenant: "public"}, nil, log, prometheus.NewRegistry(), httpapi.Config{})
 	srv := httptest.NewServer(api)
 	defer srv.Close()
 	acc, err := runner.Send(ctx, agate.Inbound{Tenant: "public", Message: "hi"})

@@ -20,29 +20,41 @@ import (
 // readJSON reads a JSON request body into v: application/json only, at most
 // Config.MaxBodyBytes, valid UTF-8, one object with no unknown fields.
 func (s *Server) readJSON(w http.ResponseWriter, r *http.Request, v any) error {
+	body, err := s.readBody(w, r, s.cfg.MaxBodyBytes)
+	if err != nil {
+		return err
+	}
+	return decodeJSON(body, v)
+}
+
+// readBody reads an application/json body of at most limit bytes of valid UTF-8.
+func (s *Server) readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, error) {
 	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
-		return agate.Errorf(agate.EUnsupportedMedia, "Send the body as application/json.")
+		return nil, agate.Errorf(agate.EUnsupportedMedia, "Send the body as application/json.")
 	}
 	// A client that trickles its body does not hold a handler for long.
 	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(s.cfg.ReadTimeout))
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes))
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
 	if err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
-			return agate.Errorf(agate.EBodyTooLarge, "The request body is over the %d-byte limit.", s.cfg.MaxBodyBytes)
+			return nil, agate.Errorf(agate.EBodyTooLarge, "The request body is over the %d-byte limit.", limit)
 		}
 		if errors.Is(err, os.ErrDeadlineExceeded) {
-			return agate.Wrap(agate.ERequestTimeout, err, "The request body arrived too slowly.")
+			return nil, agate.Wrap(agate.ERequestTimeout, err, "The request body arrived too slowly.")
 		}
-		return agate.Wrap(agate.EClientGone, err, "The request body could not be read.")
+		return nil, agate.Wrap(agate.EClientGone, err, "The request body could not be read.")
 	}
-	return decodeJSON(body, v)
+	if !utf8.Valid(body) {
+		return nil, agate.Errorf(agate.EInvalidUTF8, "The body is not valid UTF-8.")
+	}
+	return body, nil
 }
 
 // decodeJSON decodes one JSON object from body into v, strictly.
 func decodeJSON(body []byte, v any) error {
 	if !utf8.Valid(body) {
-		return agate.Errorf(agate.EInvalidUTF8, "The body is not valid UTF-8.")
+		return agate.Errorf(agate.EInvalidUTF8, "The text is not valid UTF-8.")
 	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()

@@ -34,9 +34,9 @@ func status(code agate.Code) int {
 		return http.StatusRequestTimeout
 	case agate.EClientGone:
 		return 499 // nginx's "client closed request": nobody reads it, logs and metrics do
-	case agate.EOverloaded:
+	case agate.EOverloaded, agate.EUpstreamRate:
 		return http.StatusTooManyRequests
-	case agate.EUpstream, agate.EUpstreamAuth, agate.EUpstreamRate, agate.EStreamTruncated, agate.ELLMNotConfigured:
+	case agate.EUpstream, agate.EUpstreamAuth, agate.EStreamTruncated, agate.ELLMNotConfigured:
 		return http.StatusBadGateway
 	case agate.EUpstreamTimeout:
 		return http.StatusGatewayTimeout

@@ -145,13 +145,14 @@ func (s *Server) observe(mux *http.ServeMux) http.Handler {
 	})
 }
 
-// authenticate resolves the caller before h runs. An infrastructure failure while
-// checking credentials is never a 401: its error carries its own code.
-func (s *Server) authenticate(h http.Handler) http.Handler {
+// authenticate resolves the caller before h runs, answering refusals with fail. An
+// infrastructure failure while checking credentials is never a 401: its error carries its
+// own code.
+func (s *Server) authenticate(h http.Handler, fail func(http.ResponseWriter, *http.Request, error)) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p, err := s.auth.Authenticate(r)
 		if err != nil {
-			s.fail(w, r, err)
+			fail(w, r, err)
 			return
 		}
 		if in, ok := r.Context().Value(infoKey{}).(*info); ok {

@@ -16,6 +16,7 @@ const (
 	public    flags = 0         // no authentication
 	private   flags = 1 << iota // goes through authentication
 	streaming                   // long-lived: counted in metrics, not timed
+	openaiAPI                   // errors in OpenAI's shape too, for its SDKs
 )
 
 // routes is the whole API, in one place.
@@ -28,6 +29,9 @@ func (s *Server) routes() []route {
 		{"GET", "/v1/sessions/{id}/events", private, s.handleListEvents()},
 		{"GET", "/v1/sessions/{id}/history", private, s.handleHistory()},
 		{"DELETE", "/v1/sessions/{id}", private, s.handleDeleteSession()},
+		{"POST", "/v1/chat/completions", private | openaiAPI, s.handleChatCompletions()},
+		{"GET", "/v1/models", private | openaiAPI, s.handleModels()},
+		{"GET", "/v1/admin/breakers", private, s.handleBreakers()},
 		{"GET", "/v1/health", public, s.handleHealth()},
 		{"GET", "/livez", public, s.handleLive()},
 		{"GET", "/readyz", public, s.handleReady()},

@@ -29,11 +29,19 @@ type Runner interface {
 	Forget(session uuid.UUID)
 }
 
-// Store is what the API reads directly.
+// Store is what the API reads directly, and where chat completions are recorded.
 type Store interface {
 	turn.Sessions
 	turn.History
-	Events(ctx context.Context, sessionID uuid.UUID, after int64, limit int) ([]agate.Event, error)
+	turn.Log
+}
+
+// Model answers chat completions: the provider router, with its fallbacks and breakers.
+type Model interface {
+	// Generate is turn.Model's Generate.
+	Generate(ctx context.Context, req agate.ModelRequest, emit func(agate.Delta) error) (agate.Reply, error)
+	// Models lists the model names clients may ask for.
+	Models() []string
 }
 
 // Authenticator resolves the principal of a request. It returns an error with code
@@ -52,11 +60,12 @@ type Check struct {
 
 // Config tunes the API. The zero value is usable.
 type Config struct {
-	MaxBodyBytes    int64         // request body limit; default 256 KiB
-	MaxMessageBytes int           // user message limit; default 64 KiB
-	Heartbeat       time.Duration // SSE comment and WebSocket ping interval; default 15s
-	WriteTimeout    time.Duration // for one streamed frame; default 30s
-	ReadTimeout     time.Duration // for a request body; default 30s
+	MaxBodyBytes     int64         // request body limit; default 256 KiB
+	MaxMessageBytes  int           // user message limit; default 64 KiB
+	Heartbeat        time.Duration // SSE comment and WebSocket ping interval; default 15s
+	WriteTimeout     time.Duration // for one streamed frame; default 30s
+	ReadTimeout      time.Duration // for a request body; default 30s
+	MaxChatBodyBytes int64         // chat completion request limit (whole conversations); default 8 MiB
 }
 
 func (c *Config) setDefaults() {
@@ -72,6 +81,9 @@ func (c *Config) setDefaults() {
 	if c.WriteTimeout <= 0 {
 		c.WriteTimeout = 30 * time.Second
 	}
+	if c.MaxChatBodyBytes <= 0 {
+		c.MaxChatBodyBytes = 8 << 20
+	}
 	if c.ReadTimeout <= 0 {
 		c.ReadTimeout = 30 * time.Second
 	}
@@ -80,6 +92,7 @@ func (c *Config) setDefaults() {
 // Server is the API's http.Handler.
 type Server struct {
 	runner   Runner
+	model    Model
 	store    Store
 	hub      *inmem.Hub
 	auth     Authenticator
@@ -88,6 +101,7 @@ type Server struct {
 	metrics  *metrics.HTTP
 	gatherer prometheus.Gatherer
 	cfg      Config
+	started  time.Time // reported as the models' creation time
 	draining atomic.Bool
 	stop     chan struct{} // closed by Drain: open streams end
 	stopOnce sync.Once
@@ -97,12 +111,12 @@ type Server struct {
 }
 
 // New returns the API. Metrics are registered on reg and served from it.
-func New(runner Runner, store Store, hub *inmem.Hub, auth Authenticator, checks []Check,
+func New(runner Runner, model Model, store Store, hub *inmem.Hub, auth Authenticator, checks []Check,
 	log *slog.Logger, reg *prometheus.Registry, cfg Config) *Server {
 	cfg.setDefaults()
 	s := &Server{
-		runner: runner, store: store, hub: hub, auth: auth, checks: checks, log: log,
-		metrics: metrics.NewHTTP(reg), gatherer: reg, cfg: cfg, stop: make(chan struct{}),
+		runner: runner, model: model, store: store, hub: hub, auth: auth, checks: checks, log: log,
+		metrics: metrics.NewHTTP(reg), gatherer: reg, cfg: cfg, stop: make(chan struct{}), started: time.Now(),
 	}
 	mux := http.NewServeMux()
 	s.streams = make(map[string]bool)
@@ -112,7 +126,11 @@ func New(runner Runner, store Store, hub *inmem.Hub, auth Authenticator, checks 
 		}
 		h := rt.handler
 		if rt.flags&private != 0 {
-			h = s.authenticate(h)
+			fail := s.fail
+			if rt.flags&openaiAPI != 0 {
+				fail = s.failChat
+			}
+			h = s.authenticate(h, fail)
 		}
 		mux.Handle(rt.method+" "+rt.pattern, h)
 	}

@@ -18,7 +18,7 @@ func TestModelDecoratorRecordsTokensTTFTAndOutcomes(t *testing.T) {
 		llmtest.Text("Hi", " there").Usage(agate.Usage{PromptTokens: 7, CompletionTokens: 2, TotalTokens: 9}).Model("m1"),
 		llmtest.Fail(agate.Errorf(agate.EUpstreamRate, "slow down")),
 	)
-	m := metrics.NewModel(script, "openai", reg)
+	m := metrics.NewLLM(reg).Wrap(script, "openai")
 	req := agate.ModelRequest{Messages: []agate.Message{{Role: "user", Content: "hi"}}}
 	var got string
 	reply, err := m.Generate(context.Background(), req, func(d agate.Delta) error { got += d.Text; return nil })

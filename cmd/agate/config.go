@@ -2,6 +2,8 @@ package main
 
 import (
 	"fmt"
+
+	"github.com/agate-gw/agate/llm/router"
 	"io"
 	"log/slog"
 	"reflect"
@@ -17,7 +19,7 @@ import (
 type config struct {
 	Addr         string        `env:"AGATE_ADDR" default:"127.0.0.1:8080" help:"address the HTTP API listens on"`
 	DataDir      string        `env:"AGATE_DATA_DIR" default:"./data" help:"directory of the embedded SQLite store"`
-	SQLiteFast   bool          `env:"AGATE_SQLITE_RELAXED" default:"false" help:"skip fsync per commit: faster, but a machine crash can lose acknowledged messages"`
+	SQLiteRelax  bool          `env:"AGATE_SQLITE_RELAXED" default:"false" help:"skip fsync per commit: faster, but a machine crash can lose acknowledged messages"`
 	Profile      string        `env:"AGATE_PROFILE" default:"dev" help:"dev (demo model when no provider is set) or prod"`
 	LogLevel     string        `env:"LOG_LEVEL" default:"info" help:"debug, info, warn or error"`
 	LogFormat    string        `env:"LOG_FORMAT" default:"json" help:"json or text"`
@@ -27,6 +29,14 @@ type config struct {
 	LLMAPIKey    string        `env:"LLM_API_KEY" secret:"true" help:"API key for LLM_BASE_URL"`
 	LLMModel     string        `env:"LLM_MODEL" help:"model name sent to the provider"`
 	LLMTimeout   time.Duration `env:"LLM_TIMEOUT" default:"2m" help:"longest a model call may take"`
+	LLMIdle      time.Duration `env:"LLM_IDLE_TIMEOUT" default:"60s" help:"longest silence inside a streamed reply before it is cut off"`
+	AnthropicKey string        `env:"ANTHROPIC_API_KEY" secret:"true" help:"Anthropic API key: enables provider \"anthropic\""`
+	AnthropicURL string        `env:"ANTHROPIC_BASE_URL" help:"Anthropic API base URL (default https://api.anthropic.com)"`
+	AnthropicMod string        `env:"ANTHROPIC_MODEL" default:"claude-sonnet-4-5" help:"Anthropic model of the default route when it is the only provider"`
+	Routes       string        `env:"LLM_ROUTES" help:"model aliases with fallback chains: default=openai/gpt-4.1,anthropic/claude-sonnet-4-5;fast=openai/gpt-4.1-mini (default: the first configured provider's model)"`
+	Retries      int           `env:"LLM_RETRIES" default:"2" help:"extra attempts on a provider before falling back, while nothing reached the client"`
+	BreakerFails int           `env:"LLM_BREAKER_FAILURES" default:"5" help:"consecutive failures that open a provider model's circuit breaker"`
+	BreakerOpen  time.Duration `env:"LLM_BREAKER_OPEN" default:"30s" help:"how long an open breaker skips its provider model before probing"`
 	LLMMaxTokens int           `env:"LLM_MAX_TOKENS" default:"0" help:"reply token limit; 0 for the provider's default"`
 	SystemPrompt string        `env:"AGATE_SYSTEM_PROMPT" default:"You are a helpful assistant." help:"default system prompt of every tenant"`
 	Context      int           `env:"AGATE_CONTEXT_TOKENS" default:"8000" help:"token budget of the prompt (system prompt and history)"`
@@ -102,7 +112,33 @@ func (c config) validate() error {
 	case c.LLMBaseURL != "" && !strings.HasPrefix(c.LLMBaseURL, "http://") && !strings.HasPrefix(c.LLMBaseURL, "https://"):
 		return fmt.Errorf("LLM_BASE_URL=%q: want an http:// or https:// URL", c.LLMBaseURL)
 	}
+	if _, err := parseRoutes(c.Routes); err != nil {
+		return fmt.Errorf("LLM_ROUTES=%q: %v", c.Routes, err)
+	}
 	return nil
+}
+
+// parseRoutes reads "alias=provider/model,provider/model;alias=…" into chains.
+func parseRoutes(s string) (map[string][]router.Target, error) {
+	routes := map[string][]router.Target{}
+	for _, def := range strings.Split(s, ";") {
+		if strings.TrimSpace(def) == "" {
+			continue
+		}
+		alias, chain, ok := strings.Cut(def, "=")
+		alias = strings.TrimSpace(alias)
+		if !ok || alias == "" {
+			return nil, fmt.Errorf("%q: want alias=provider/model,…", def)
+		}
+		for _, t := range strings.Split(chain, ",") {
+			target, err := router.ParseTarget(t)
+			if err != nil {
+				return nil, err
+			}
+			routes[alias] = append(routes[alias], target)
+		}
+	}
+	return routes, nil
 }
 
 // usage prints the command line and every setting.

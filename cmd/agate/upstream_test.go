@@ -3,10 +3,12 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 )
 
@@ -15,6 +17,8 @@ import (
 // sending chunk hold (if > 0) it waits until release is called or the client goes away.
 type upstream struct {
 	*httptest.Server
+	fail     atomic.Pointer[int32] // when set and not 0, answer every request with this status
+	cutAt    atomic.Int32          // when > 0, drop the connection before this chunk
 	mu       sync.Mutex
 	requests []chatRequest
 	hold     int           // chunk index to pause before; 0: never
@@ -26,9 +30,17 @@ type chatRequest struct {
 	Model    string `json:"model"`
 	Stream   bool   `json:"stream"`
 	Messages []struct {
-		Role    string `json:"role"`
-		Content string `json:"content"`
+		Role       string `json:"role"`
+		Content    string `json:"content"`
+		ToolCallID string `json:"tool_call_id"`
 	} `json:"messages"`
+	Tools []struct {
+		Function struct {
+			Name string `json:"name"`
+		} `json:"function"`
+	} `json:"tools"`
+	Extra map[string]any `json:"-"`
+	Raw   map[string]any `json:"-"`
 }
 
 func newUpstream(t *testing.T) *upstream {
@@ -70,9 +82,15 @@ func reply(msg string) string { return "You said: " + msg }
 
 func (u *upstream) serve(w http.ResponseWriter, r *http.Request) {
 	var req chatRequest
-	if r.URL.Path != "/v1/chat/completions" || json.NewDecoder(r.Body).Decode(&req) != nil {
+	body, _ := io.ReadAll(r.Body)
+	if r.URL.Path != "/v1/chat/completions" || json.Unmarshal(body, &req) != nil || json.Unmarshal(body, &req.Raw) != nil {
 		w.WriteHeader(http.StatusBadRequest)
 		fmt.Fprint(w, `{"error":{"message":"bad request","type":"invalid_request_error"}}`)
+		return
+	}
+	if f := u.fail.Load(); f != nil && *f != 0 {
+		w.WriteHeader(int(*f))
+		fmt.Fprintf(w, `{"error":{"message":"upstream says %d","type":"server_error"}}`, *f)
 		return
 	}
 	u.mu.Lock()
@@ -80,9 +98,17 @@ func (u *upstream) serve(w http.ResponseWriter, r *http.Request) {
 	hold, gate := u.hold, u.gate
 	u.mu.Unlock()
 
-	last := req.Messages[len(req.Messages)-1].Content
+	lastMsg := req.Messages[len(req.Messages)-1]
+	last := lastMsg.Content
+	if lastMsg.Role == "tool" {
+		last = "tool said " + last
+	}
 	words := strings.SplitAfter(reply(last), " ")
 	w.Header().Set("Content-Type", "text/event-stream")
+	if len(req.Tools) > 0 && lastMsg.Role != "tool" {
+		u.toolCall(w, req)
+		return
+	}
 	flush := func() { w.(http.Flusher).Flush() }
 	chunk := func(delta, finish string) {
 		d, _ := json.Marshal(map[string]string{"content": delta})
@@ -96,6 +122,9 @@ func (u *upstream) serve(w http.ResponseWriter, r *http.Request) {
 	fmt.Fprintf(w, "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":%q,\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"finish_reason\":null}]}\n\n", req.Model)
 	flush()
 	for i, word := range words {
+		if cut := int(u.cutAt.Load()); cut > 0 && i == cut {
+			panic(http.ErrAbortHandler) // the connection drops mid-stream
+		}
 		if hold > 0 && i == hold {
 			u.paused <- struct{}{}
 			select {
@@ -110,4 +139,22 @@ func (u *upstream) serve(w http.ResponseWriter, r *http.Request) {
 	fmt.Fprintf(w, "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":%q,\"choices\":[],\"usage\":{\"prompt_tokens\":%d,\"completion_tokens\":%d,\"total_tokens\":%d}}\n\n", req.Model, 10, len(words), 10+len(words))
 	fmt.Fprint(w, "data: [DONE]\n\n")
 	flush()
+}
+
+// toolCall streams a call of the first tool, its arguments split over chunks.
+func (u *upstream) toolCall(w http.ResponseWriter, req chatRequest) {
+	name := req.Tools[0].Function.Name
+	pieces := []string{`{"city"`, `: "Par`, `is"}`}
+	send := func(s string) {
+		fmt.Fprintf(w, "data: %s\n\n", s)
+		w.(http.Flusher).Flush()
+	}
+	send(`{"id":"c1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"role":"assistant","content":null,"tool_calls":[{"index":0,"id":"call_1","type":"function","function":{"name":"` + name + `","arguments":""}}]},"finish_reason":null}]}`)
+	for _, p := range pieces {
+		arg, _ := json.Marshal(p)
+		send(`{"id":"c1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":` + string(arg) + `}}]},"finish_reason":null}]}`)
+	}
+	send(`{"id":"c1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}`)
+	send(`{"id":"c1","object":"chat.completion.chunk","created":1,"model":"m","choices":[],"usage":{"prompt_tokens":5,"completion_tokens":7,"total_tokens":12}}`)
+	send("[DONE]")
 }

@@ -1,16 +1,23 @@
 package main
 
 import (
+	"cmp"
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
+	"maps"
 	"path/filepath"
+	"slices"
 
 	"github.com/agate-gw/agate"
 	"github.com/agate-gw/agate/authn"
 	"github.com/agate-gw/agate/httpapi"
 	"github.com/agate-gw/agate/inmem"
+	"github.com/agate-gw/agate/llm/anthropic"
 	"github.com/agate-gw/agate/llm/demo"
 	"github.com/agate-gw/agate/llm/openai"
+	"github.com/agate-gw/agate/llm/router"
 	"github.com/agate-gw/agate/metrics"
 	"github.com/agate-gw/agate/sqlite"
 	"github.com/agate-gw/agate/turn"
@@ -37,14 +44,16 @@ func wire(ctx context.Context, cfg config, log *slog.Logger) (*gateway, error) {
 	if err != nil {
 		return nil, err
 	}
-	provider, model, modelName := chooseModel(cfg)
-	log.Info("model provider", "provider", provider, "model", modelName)
+	model, err := chooseModels(cfg, reg, log)
+	if err != nil {
+		return nil, errors.Join(err, store.Close())
+	}
 
 	hub := inmem.NewHub(0)
-	runner := turn.New(store, metrics.NewModel(model, provider, reg), hub, log, turn.Config{
+	runner := turn.New(store, model, hub, log, turn.Config{
 		Workers: cfg.Workers, MaxQueued: cfg.MaxQueued, TurnTimeout: cfg.LLMTimeout, Grace: cfg.Grace,
 		HistoryLimit: cfg.History, ContextTokens: cfg.Context, MaxTokens: cfg.LLMMaxTokens,
-		Model: cfg.LLMModel, SystemPrompt: cfg.SystemPrompt,
+		SystemPrompt: cfg.SystemPrompt,
 	})
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "turns_queued", Help: "Turns accepted and not finished (waiting or running).",
@@ -53,32 +62,75 @@ func wire(ctx context.Context, cfg config, log *slog.Logger) (*gateway, error) {
 	checks := []httpapi.Check{
 		{Name: "store", Required: true, Probe: store.Ping},
 		{Name: "llm", Probe: func(context.Context) error {
-			if provider == "none" {
+			if cfg.Profile == "prod" && cfg.LLMBaseURL == "" && cfg.AnthropicKey == "" {
 				return agate.Errorf(agate.ELLMNotConfigured, "no LLM provider configured")
 			}
 			return nil
 		}},
 	}
-	api := httpapi.New(runner, store, hub, authn.Anonymous{Tenant: cfg.Tenant}, checks, log, reg, httpapi.Config{
+	api := httpapi.New(runner, model, store, hub, anonymous(cfg), checks, log, reg, httpapi.Config{
 		MaxBodyBytes: cfg.MaxBody, MaxMessageBytes: cfg.MaxMessage,
 	})
 	return &gateway{store: store, runner: runner, api: api}, nil
 }
 
-func openStore(ctx context.Context, cfg config) (*sqlite.Store, error) {
-	return sqlite.Open(ctx, filepath.Join(cfg.DataDir, "agate.db"), sqlite.Config{Relaxed: cfg.SQLiteFast})
+// anonymous is the principal of every caller while authentication is off; only the dev
+// profile makes it an operator.
+func anonymous(cfg config) authn.Anonymous {
+	a := authn.Anonymous{Tenant: cfg.Tenant}
+	if cfg.Profile == "dev" {
+		a.Scopes = []string{"admin"}
+	}
+	return a
 }
 
-// chooseModel returns the provider's name, the model and the model name to report.
-func chooseModel(cfg config) (string, turn.Model, string) {
-	switch {
-	case cfg.LLMBaseURL != "":
-		return "openai", openai.New(openai.Config{BaseURL: cfg.LLMBaseURL, APIKey: cfg.LLMAPIKey, Model: cfg.LLMModel, Timeout: cfg.LLMTimeout}), cfg.LLMModel
-	case cfg.Profile == "dev":
-		return "demo", demo.New(demo.Config{}), "agate-demo"
-	default:
-		return "none", unconfigured{}, ""
+func openStore(ctx context.Context, cfg config) (*sqlite.Store, error) {
+	return sqlite.Open(ctx, filepath.Join(cfg.DataDir, "agate.db"), sqlite.Config{Relaxed: cfg.SQLiteRelax})
+}
+
+// chooseModels builds the providers that are configured (each measured) and the router
+// over them: "openai" with LLM_BASE_URL, "anthropic" with ANTHROPIC_API_KEY, else the demo
+// model in dev or a model that refuses every turn in prod.
+func chooseModels(cfg config, reg prometheus.Registerer, log *slog.Logger) (*router.Router, error) {
+	measured := metrics.NewLLM(reg)
+	providers := map[string]router.Model{}
+	var first router.Target
+	add := func(name, model string, m router.Model) {
+		providers[name] = measured.Wrap(m, name)
+		if first.Provider == "" {
+			first = router.Target{Provider: name, Model: model}
+		}
 	}
+	if cfg.LLMBaseURL != "" {
+		add("openai", cmp.Or(cfg.LLMModel, "gpt-4.1-mini"), openai.New(openai.Config{
+			BaseURL: cfg.LLMBaseURL, APIKey: cfg.LLMAPIKey, Model: cfg.LLMModel, Timeout: cfg.LLMTimeout, IdleTimeout: cfg.LLMIdle,
+		}))
+	}
+	if cfg.AnthropicKey != "" {
+		add("anthropic", cfg.AnthropicMod, anthropic.New(anthropic.Config{
+			BaseURL: cfg.AnthropicURL, APIKey: cfg.AnthropicKey, Model: cfg.AnthropicMod, Timeout: cfg.LLMTimeout, IdleTimeout: cfg.LLMIdle,
+		}))
+	}
+	if len(providers) == 0 {
+		if cfg.Profile == "dev" {
+			add("demo", demo.Name, demo.New(demo.Config{}))
+		} else {
+			add("none", "none", unconfigured{})
+		}
+	}
+	routes, _ := parseRoutes(cfg.Routes) // validated by load
+	if _, ok := routes[router.DefaultAlias]; !ok {
+		routes[router.DefaultAlias] = []router.Target{first}
+	}
+	log.Info("model routes", "providers", slices.Sorted(maps.Keys(providers)), "routes", fmt.Sprint(routes))
+	retries := cfg.Retries
+	if retries == 0 {
+		retries = -1 // router: 0 is its default, negative is none
+	}
+	return router.New(providers, router.Config{
+		Routes: routes, Retries: retries,
+		Breaker: router.BreakerConfig{Failures: uint32(cfg.BreakerFails), OpenFor: cfg.BreakerOpen},
+	}, reg)
 }
 
 // unconfigured is the model of a prod gateway without a provider: every turn ends with
