@@ -148,6 +148,7 @@ type Tool struct {
 	Name        string          `json:"name"`
 	Description string          `json:"description,omitempty"`
 	Parameters  json.RawMessage `json:"parameters,omitempty"` // JSON Schema of the arguments
+	Strict      bool            `json:"strict,omitempty"`     // arguments must match Parameters exactly (OpenAI structured outputs)
 }
 
 // ToolCall is a model's call of a tool.

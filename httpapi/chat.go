@@ -67,6 +67,7 @@ type chatTool struct {
 		Name        string          `json:"name"`
 		Description string          `json:"description,omitempty"`
 		Parameters  json.RawMessage `json:"parameters,omitempty"`
+		Strict      bool            `json:"strict,omitempty"`
 	} `json:"function"`
 }
 
@@ -109,7 +110,13 @@ func (s *Server) readChat(w http.ResponseWriter, r *http.Request) (chatRequest, 
 		req.MaxTokens = *cr.MaxTokens
 	}
 	if cr.MaxCompletionTokens != nil {
+		// Reasoning models refuse max_tokens: OpenAI-compatible providers get the field as
+		// the client named it; others read MaxTokens.
 		req.MaxTokens = *cr.MaxCompletionTokens
+		if req.Extra == nil {
+			req.Extra = map[string]json.RawMessage{}
+		}
+		req.Extra["max_completion_tokens"] = fields["max_completion_tokens"]
 	}
 	if req.MaxTokens < 0 {
 		return cr, req, agate.Errorf(agate.EInvalid, "max_tokens must not be negative.")
@@ -127,7 +134,7 @@ func (s *Server) readChat(w http.ResponseWriter, r *http.Request) (chatRequest, 
 		if t.Type != "function" || t.Function.Name == "" {
 			return cr, req, agate.Errorf(agate.EInvalid, "tools[%d] must be a function with a name.", i)
 		}
-		req.Tools = append(req.Tools, agate.Tool{Name: t.Function.Name, Description: t.Function.Description, Parameters: t.Function.Parameters})
+		req.Tools = append(req.Tools, agate.Tool{Name: t.Function.Name, Description: t.Function.Description, Parameters: t.Function.Parameters, Strict: t.Function.Strict})
 	}
 	if len(cr.Messages) == 0 {
 		return cr, req, agate.Errorf(agate.EInvalid, "messages must hold at least one message.")
@@ -322,14 +329,23 @@ func (s *Server) handleChatCompletions() http.Handler {
 			s.failChat(w, r, err)
 			return
 		}
-		c := &chatCall{Server: s, w: w, r: r, cr: cr, start: start,
+		c := &chatCall{Server: s, w: w, r: r, cr: cr, start: start, stopped: s.stopCtx,
 			id: "chatcmpl-" + strings.ReplaceAll(uuid.NewString(), "-", ""), created: start.Unix()}
+		if !s.acquire() {
+			s.failChat(w, r, agate.Errorf(agate.EOverloaded, "Too many chat completions are running; retry shortly."))
+			return
+		}
+		defer s.release()
 		reply, err := c.generate(req)
-		if err != nil {
-			if !c.started {
-				s.failChat(w, r, err)
-				return
-			}
+		switch {
+		case err == nil:
+		case !c.started:
+			s.failChat(w, r, err)
+			return
+		case r.Context().Err() != nil:
+			s.logError(r, agate.Wrap(agate.EClientGone, err, "The client closed the stream."))
+			return
+		default:
 			s.logError(r, err)
 			c.streamError(err) // the stream has begun: the error ends it, without [DONE]
 			return
@@ -350,10 +366,11 @@ type chatCall struct {
 	id       string
 	created  int64
 	start    time.Time
-	began    time.Time     // when the model was called
-	writing  time.Duration // of the model call, the time spent writing chunks to the client
-	upstream time.Duration // the model call, less the writing
-	started  bool          // the streamed response has begun
+	began    time.Time       // when the model was called
+	writing  time.Duration   // of the model call, the time spent writing chunks to the client
+	upstream time.Duration   // the model call, less the writing
+	started  bool            // the streamed response has begun
+	stopped  context.Context // done when the gateway drains
 	buf      bytes.Buffer
 }
 
@@ -362,7 +379,7 @@ type chatCall struct {
 // fallbacks) is still answered with a proper status.
 func (c *chatCall) generate(req agate.ModelRequest) (agate.Reply, error) {
 	c.began = time.Now()
-	emit := func(agate.Delta) error { return nil }
+	var emit func(agate.Delta) error // nil: nothing reaches the client before the end, so the router may retry throughout
 	if c.cr.Stream {
 		emit = func(d agate.Delta) error {
 			t := time.Now()
@@ -385,8 +402,15 @@ func (c *chatCall) generate(req agate.ModelRequest) (agate.Reply, error) {
 			return c.chunk(choice{Delta: delta}, nil)
 		}
 	}
-	reply, err := c.model.Generate(c.r.Context(), req, emit)
+	// On shutdown the call ends (a stream with an error chunk) instead of holding Drain.
+	ctx, cancel := context.WithCancel(c.r.Context())
+	defer cancel()
+	defer context.AfterFunc(c.stopped, cancel)()
+	reply, err := c.model.Generate(ctx, req, emit)
 	c.upstream = time.Since(c.began) - c.writing
+	if err != nil && c.stopped.Err() != nil && c.r.Context().Err() == nil {
+		err = agate.Wrap(agate.EUnavailable, err, "The gateway is shutting down; retry the request.")
+	}
 	return reply, err
 }
 
@@ -415,6 +439,8 @@ func (c *chatCall) chunk(ch choice, usage *agate.Usage) error {
 }
 
 func (c *chatCall) sse(v any) error {
+	rc := http.NewResponseController(c.w)
+	_ = rc.SetWriteDeadline(time.Now().Add(c.cfg.WriteTimeout)) // a client that stops reading is let go
 	c.buf.Reset()
 	c.buf.WriteString("data: ")
 	enc := json.NewEncoder(&c.buf)
@@ -426,7 +452,7 @@ func (c *chatCall) sse(v any) error {
 	if _, err := c.w.Write(c.buf.Bytes()); err != nil {
 		return err
 	}
-	return http.NewResponseController(c.w).Flush()
+	return rc.Flush()
 }
 
 // finish ends a successful call: the last chunks and [DONE], or the whole completion.

@@ -66,6 +66,7 @@ type Config struct {
 	WriteTimeout     time.Duration // for one streamed frame; default 30s
 	ReadTimeout      time.Duration // for a request body; default 30s
 	MaxChatBodyBytes int64         // chat completion request limit (whole conversations); default 8 MiB
+	MaxCompletions   int           // chat completions running at once before 429; default 512
 }
 
 func (c *Config) setDefaults() {
@@ -81,6 +82,9 @@ func (c *Config) setDefaults() {
 	if c.WriteTimeout <= 0 {
 		c.WriteTimeout = 30 * time.Second
 	}
+	if c.MaxCompletions <= 0 {
+		c.MaxCompletions = 512
+	}
 	if c.MaxChatBodyBytes <= 0 {
 		c.MaxChatBodyBytes = 8 << 20
 	}
@@ -91,23 +95,24 @@ func (c *Config) setDefaults() {
 
 // Server is the API's http.Handler.
 type Server struct {
-	runner   Runner
-	model    Model
-	store    Store
-	hub      *inmem.Hub
-	auth     Authenticator
-	checks   []Check
-	log      *slog.Logger
-	metrics  *metrics.HTTP
-	gatherer prometheus.Gatherer
-	cfg      Config
-	started  time.Time // reported as the models' creation time
-	draining atomic.Bool
-	stop     chan struct{} // closed by Drain: open streams end
-	stopOnce sync.Once
-	conns    sync.WaitGroup  // WebSocket handlers, which outlive http.Server.Shutdown
-	streams  map[string]bool // route patterns of long-lived streams
-	handler  http.Handler
+	runner     Runner
+	model      Model
+	store      Store
+	hub        *inmem.Hub
+	auth       Authenticator
+	checks     []Check
+	log        *slog.Logger
+	metrics    *metrics.HTTP
+	gatherer   prometheus.Gatherer
+	cfg        Config
+	started    time.Time // reported as the models' creation time
+	draining   atomic.Bool
+	stopCtx    context.Context // done once Drain is called: open streams and calls end
+	cancelStop context.CancelFunc
+	slots      chan struct{}   // one per running chat completion
+	conns      sync.WaitGroup  // WebSocket handlers, which outlive http.Server.Shutdown
+	streams    map[string]bool // route patterns of long-lived streams
+	handler    http.Handler
 }
 
 // New returns the API. Metrics are registered on reg and served from it.
@@ -116,8 +121,10 @@ func New(runner Runner, model Model, store Store, hub *inmem.Hub, auth Authentic
 	cfg.setDefaults()
 	s := &Server{
 		runner: runner, model: model, store: store, hub: hub, auth: auth, checks: checks, log: log,
-		metrics: metrics.NewHTTP(reg), gatherer: reg, cfg: cfg, stop: make(chan struct{}), started: time.Now(),
+		metrics: metrics.NewHTTP(reg), gatherer: reg, cfg: cfg, started: time.Now(),
+		slots: make(chan struct{}, cfg.MaxCompletions),
 	}
+	s.stopCtx, s.cancelStop = context.WithCancel(context.Background())
 	mux := http.NewServeMux()
 	s.streams = make(map[string]bool)
 	for _, rt := range s.routes() {
@@ -145,8 +152,20 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.handler.S
 // WebSocket streams end (clients reconnect to another replica and resume).
 func (s *Server) Drain() {
 	s.draining.Store(true)
-	s.stopOnce.Do(func() { close(s.stop) })
+	s.cancelStop()
 }
+
+// acquire takes a chat completion slot if one is free.
+func (s *Server) acquire() bool {
+	select {
+	case s.slots <- struct{}{}:
+		return true
+	default:
+		return false
+	}
+}
+
+func (s *Server) release() { <-s.slots }
 
 // Wait blocks until every WebSocket handler has returned (after Drain they close), or
 // until ctx is done.

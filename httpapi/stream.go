@@ -93,7 +93,7 @@ func (s *Server) follow(ctx context.Context, sub *inmem.Subscription, session uu
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-s.stop:
+		case <-s.stopCtx.Done():
 			return errDraining
 		case <-beat:
 			if err := heartbeat(); err != nil {

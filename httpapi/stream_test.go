@@ -36,7 +36,7 @@ func newStreamRig(t *testing.T) *streamRig {
 	}
 	hub := inmem.NewHub(0)
 	return &streamRig{store: store, hub: hub, session: acc.Turn.SessionID, turn: acc.Turn,
-		s: &Server{store: store, hub: hub, log: slog.New(slog.NewTextHandler(io.Discard, nil)), stop: make(chan struct{})}}
+		s: &Server{store: store, hub: hub, log: slog.New(slog.NewTextHandler(io.Discard, nil)), stopCtx: context.Background()}}
 }
 
 func (r *streamRig) append(t *testing.T, typ string, done *agate.Turn) agate.Event {

@@ -130,6 +130,13 @@ func TestChatCompletionsPassesUnknownFieldsAndMapsUpstreamErrors(t *testing.T) {
 	if raw["seed"] != float64(42) || raw["user"] != "u-1" || raw["logit_bias"] == nil {
 		t.Fatalf("unknown fields did not pass through: %v", raw)
 	}
+	// Reasoning models refuse max_tokens: the limit goes on under the client's name.
+	res = do(t, "POST", g.URL+"/v1/chat/completions",
+		`{"model":"default","messages":[{"role":"user","content":"hi"}],"max_completion_tokens":100}`, nil)
+	raw = u.calls()[1].Raw
+	if res.status != 200 || raw["max_completion_tokens"] != float64(100) || raw["max_tokens"] != nil {
+		t.Fatalf("max_completion_tokens sent upstream as %v / max_tokens %v", raw["max_completion_tokens"], raw["max_tokens"])
+	}
 
 	status := int32(500)
 	u.fail.Store(&status)

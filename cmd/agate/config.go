@@ -28,8 +28,9 @@ type config struct {
 	LLMBaseURL   string        `env:"LLM_BASE_URL" help:"OpenAI-compatible API base URL, e.g. https://api.openai.com/v1"`
 	LLMAPIKey    string        `env:"LLM_API_KEY" secret:"true" help:"API key for LLM_BASE_URL"`
 	LLMModel     string        `env:"LLM_MODEL" help:"model name sent to the provider"`
-	LLMTimeout   time.Duration `env:"LLM_TIMEOUT" default:"2m" help:"longest a model call may take"`
-	LLMIdle      time.Duration `env:"LLM_IDLE_TIMEOUT" default:"60s" help:"longest silence inside a streamed reply before it is cut off"`
+	LLMTimeout   time.Duration `env:"LLM_TIMEOUT" default:"2m" help:"longest one provider call may take"`
+	TurnTimeout  time.Duration `env:"AGATE_TURN_TIMEOUT" default:"5m" help:"longest a turn's model call may take, retries and fallbacks included"`
+	LLMIdle      time.Duration `env:"LLM_IDLE_TIMEOUT" default:"60s" help:"longest wait for a provider's first byte, and longest silence inside a streamed reply"`
 	AnthropicKey string        `env:"ANTHROPIC_API_KEY" secret:"true" help:"Anthropic API key: enables provider \"anthropic\""`
 	AnthropicURL string        `env:"ANTHROPIC_BASE_URL" help:"Anthropic API base URL (default https://api.anthropic.com)"`
 	AnthropicMod string        `env:"ANTHROPIC_MODEL" default:"claude-sonnet-4-5" help:"Anthropic model of the default route when it is the only provider"`

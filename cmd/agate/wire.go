@@ -51,7 +51,7 @@ func wire(ctx context.Context, cfg config, log *slog.Logger) (*gateway, error) {
 
 	hub := inmem.NewHub(0)
 	runner := turn.New(store, model, hub, log, turn.Config{
-		Workers: cfg.Workers, MaxQueued: cfg.MaxQueued, TurnTimeout: cfg.LLMTimeout, Grace: cfg.Grace,
+		Workers: cfg.Workers, MaxQueued: cfg.MaxQueued, TurnTimeout: cfg.TurnTimeout, Grace: cfg.Grace,
 		HistoryLimit: cfg.History, ContextTokens: cfg.Context, MaxTokens: cfg.LLMMaxTokens,
 		SystemPrompt: cfg.SystemPrompt,
 	})

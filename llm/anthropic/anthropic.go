@@ -57,8 +57,9 @@ type Config struct {
 	// MaxTokens is used when a request sets no MaxTokens (Anthropic requires a limit).
 	// Default DefaultMaxTokens.
 	MaxTokens int
-	// HTTPClient sends the requests. Default: a client using http.DefaultTransport that
-	// follows only the redirects that keep the POST method. A client with its own Timeout
+	// HTTPClient sends the requests. Default: a client like http.DefaultTransport's whose
+	// wait for response headers is bounded by IdleTimeout, and that follows only the
+	// redirects that keep the POST method. A client with its own Timeout
 	// cuts long streams short; prefer Config.Timeout.
 	HTTPClient *http.Client
 	// Timeout bounds a whole request, from sending it to the end of the stream.
@@ -107,14 +108,19 @@ func New(cfg Config) *Client {
 	if c.maxTokens <= 0 {
 		c.maxTokens = DefaultMaxTokens
 	}
+	if c.idle <= 0 {
+		c.idle = DefaultIdleTimeout
+	}
 	if c.hc == nil {
-		c.hc = &http.Client{CheckRedirect: keepMethod}
+		// The idle bound also covers the wait for the response headers: a provider that
+		// accepts the connection and never answers fails as a timeout, so the router can
+		// move on, instead of holding the request for the whole Timeout.
+		t := http.DefaultTransport.(*http.Transport).Clone()
+		t.ResponseHeaderTimeout = c.idle
+		c.hc = &http.Client{CheckRedirect: keepMethod, Transport: t}
 	}
 	if c.timeout <= 0 {
 		c.timeout = DefaultTimeout
-	}
-	if c.idle <= 0 {
-		c.idle = DefaultIdleTimeout
 	}
 	for k, v := range cfg.Headers {
 		c.headers.Set(k, v)

@@ -185,7 +185,7 @@ func TestStreamsReplyFromTranscripts(t *testing.T) {
 		},
 	}, {
 		file:       "tool_without_input.sse",
-		wantDeltas: []agate.Delta{callStart(0, "toolu_01VbvvRVZDgGkH8fyuK4VFqS", "get_time")},
+		wantDeltas: []agate.Delta{callStart(0, "toolu_01VbvvRVZDgGkH8fyuK4VFqS", "get_time"), {ToolCall: &agate.ToolCallDelta{Arguments: "{}"}}},
 		wantReply: agate.Reply{
 			ToolCalls: []agate.ToolCall{{ID: "toolu_01VbvvRVZDgGkH8fyuK4VFqS", Name: "get_time", Arguments: "{}"}},
 			Model:     "claude-haiku-4-5-20251001", FinishReason: agate.FinishToolCalls,

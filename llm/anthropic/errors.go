@@ -134,6 +134,9 @@ func (c *Client) statusError(resp *http.Response, x *call) error {
 		e.Code, e.Message = agate.EUpstreamRate, sentence("Anthropic is rate limiting the gateway "+head, msg)+waitHint
 	case code == http.StatusRequestTimeout || code == http.StatusGatewayTimeout:
 		e.Code, e.Message = agate.EUpstreamTimeout, sentence("Anthropic timed out "+head, msg)+" Try again."
+	case code == http.StatusBadRequest && strings.Contains(strings.ToLower(msg), "credit balance"):
+		// Billing, not the request: another provider may answer; the breaker counts it.
+		e.Code, e.Message = agate.EUpstreamAuth, sentence("Anthropic's credit for the gateway is used up "+head, msg)
 	case code == http.StatusBadRequest || code == http.StatusRequestEntityTooLarge || code == http.StatusUnprocessableEntity:
 		// The request itself is refused: the caller's to fix, not a provider fault.
 		e.Code, e.Message = agate.EInvalid, sentence("Anthropic refused the request "+head, msg)

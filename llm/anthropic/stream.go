@@ -127,6 +127,12 @@ func (s *stream) add(e *event) (bool, error) {
 			s.sawStop = true
 		}
 		s.addUsage(e.Usage)
+	case "content_block_stop":
+		// A tool called without input streams no input_json_delta: say "{}" so that a
+		// streamed call parses as JSON like the assembled one.
+		if i, ok := s.blocks[e.Index]; ok && s.calls[i].Arguments == "" {
+			return false, s.addArguments(i, "{}")
+		}
 	case "message_stop":
 		return true, nil
 	case "error":
@@ -136,7 +142,7 @@ func (s *stream) add(e *event) (bool, error) {
 		}
 		return false, s.eventError(ae)
 	}
-	return false, nil // ping, content_block_stop and the unknown
+	return false, nil // ping and the unknown
 }
 
 // startBlock takes in a content block's start. A tool_use block is a new tool call; other

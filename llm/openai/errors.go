@@ -1,6 +1,7 @@
 package openai
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/json"
@@ -127,6 +128,12 @@ func (c *Client) statusError(resp *http.Response, s *stream) error {
 		return agate.Wrap(agate.EUpstreamAuth, cause,
 			sentence("The LLM provider refused the gateway's credentials "+head, msg)+hint)
 	case http.StatusTooManyRequests:
+		if bytes.Contains(body, []byte(`"insufficient_quota"`)) {
+			// Billing, not load: waiting does not help. Like a refused key, it sends the
+			// router to the next provider and counts against the breaker.
+			return agate.Wrap(agate.EUpstreamAuth, cause,
+				sentence("The LLM provider's quota for the gateway is used up "+head, msg))
+		}
 		wait, hint := retryAfter(resp.Header, time.Now())
 		return &agate.Error{Code: agate.EUpstreamRate, Err: cause, RetryAfter: wait,
 			Message: sentence("The LLM provider is rate limiting the gateway "+head, msg) + hint}

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/agate-gw/agate"
+	"github.com/google/uuid"
 )
 
 // Defaults of Config.
@@ -45,8 +46,9 @@ type Config struct {
 	APIKey string
 	// Model is used when a request names no model.
 	Model string
-	// HTTPClient sends the requests. Default: a client using http.DefaultTransport that
-	// follows only the redirects that keep the POST method. A client with its own Timeout
+	// HTTPClient sends the requests. Default: a client like http.DefaultTransport's whose
+	// wait for response headers is bounded by IdleTimeout, and that follows only the
+	// redirects that keep the POST method. A client with its own Timeout
 	// cuts long streams short; prefer Config.Timeout.
 	HTTPClient *http.Client
 	// Timeout bounds a whole request, from sending it to the end of the stream.
@@ -93,14 +95,19 @@ func New(cfg Config) *Client {
 		headers:   make(http.Header, len(cfg.Headers)),
 		maxTokens: cfg.MaxTokensField,
 	}
+	if c.idle <= 0 {
+		c.idle = DefaultIdleTimeout
+	}
 	if c.hc == nil {
-		c.hc = &http.Client{CheckRedirect: keepMethod}
+		// The idle bound also covers the wait for the response headers: a provider that
+		// accepts the connection and never answers fails as a timeout, so the router can
+		// move on, instead of holding the request for the whole Timeout.
+		t := http.DefaultTransport.(*http.Transport).Clone()
+		t.ResponseHeaderTimeout = c.idle
+		c.hc = &http.Client{CheckRedirect: keepMethod, Transport: t}
 	}
 	if c.timeout <= 0 {
 		c.timeout = DefaultTimeout
-	}
-	if c.idle <= 0 {
-		c.idle = DefaultIdleTimeout
 	}
 	for k, v := range cfg.Headers {
 		c.headers.Set(k, v)
@@ -441,8 +448,20 @@ func finishReason(r string) string {
 	return r
 }
 
-// result returns the reply so far with err.
+// result returns the reply so far with err. On success, a tool call the provider sent
+// without an id (some servers do) gets one, sent as a last delta, so a client can answer
+// it with a tool message.
 func (s *stream) result(err error) (agate.Reply, error) {
+	if err == nil {
+		for i, c := range s.calls.calls {
+			if c.id == "" {
+				c.id = "call_" + strings.ReplaceAll(uuid.NewString(), "-", "")[:24]
+				if err = s.emit(agate.Delta{ToolCall: &agate.ToolCallDelta{Index: i, ID: c.id}}); err != nil {
+					break
+				}
+			}
+		}
+	}
 	s.reply.Text = s.text.String()
 	s.reply.ToolCalls = s.calls.result()
 	if s.reply.ToolCalls != nil && s.reply.FinishReason == agate.FinishStop {

@@ -38,6 +38,7 @@ type toolFunction struct {
 	Name        string          `json:"name"`
 	Description string          `json:"description,omitempty"`
 	Parameters  json.RawMessage `json:"parameters,omitempty"`
+	Strict      bool            `json:"strict,omitempty"`
 }
 
 type namedToolChoice struct {
@@ -92,7 +93,7 @@ func (c *Client) body(model string, req agate.ModelRequest) ([]byte, error) {
 			if len(t.Parameters) > 0 && !json.Valid(t.Parameters) {
 				return nil, agate.Errorf(agate.EInvalid, "The parameters of tool %q are not valid JSON.", t.Name)
 			}
-			tools[i] = tool{Type: "function", Function: toolFunction{Name: t.Name, Description: t.Description, Parameters: t.Parameters}}
+			tools[i] = tool{Type: "function", Function: toolFunction{Name: t.Name, Description: t.Description, Parameters: t.Parameters, Strict: t.Strict}}
 		}
 		fields = append(fields, field{"tools", tools})
 	}

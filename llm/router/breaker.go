@@ -44,7 +44,8 @@ type breaker struct {
 }
 
 // breakerFor returns t's breaker, making it if need be. Breakers made for requests
-// (adHoc) beyond maxAdHoc are shared per provider under the model "*".
+// (adHoc) beyond maxAdHoc are shared per provider under the model "*", and never open:
+// one client's typos must not shut out everyone else's requests.
 func (r *Router) breakerFor(t Target, adHoc bool) *breaker {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -61,6 +62,7 @@ func (r *Router) breakerFor(t Target, adHoc bool) *breaker {
 		r.adHoc++
 	}
 	b := &breaker{target: t}
+	shared := t.Model == "*"
 	openFor := r.bcfg.OpenFor
 	opened := r.m.opened.WithLabelValues(t.Provider, t.Model)
 	b.cb = gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{
@@ -68,7 +70,7 @@ func (r *Router) breakerFor(t Target, adHoc bool) *breaker {
 		MaxRequests: r.bcfg.HalfOpenProbes,
 		Timeout:     openFor,
 		ReadyToTrip: func(c gobreaker.Counts) bool {
-			return c.ConsecutiveFailures >= r.bcfg.Failures
+			return !shared && c.ConsecutiveFailures >= r.bcfg.Failures
 		},
 		// Called with the gobreaker's lock held: it must not call into b.cb.
 		OnStateChange: func(_ string, _, to gobreaker.State) {

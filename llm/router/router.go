@@ -11,9 +11,9 @@
 //	success                                   -                  -          success
 //	any error after the first byte            no                 no (1)     by code, as below
 //	caller's ctx done, or emit failed         no                 no         not counted
-//	upstream_error, upstream_timeout,
-//	  stream_truncated                        yes (2)            yes        failure
+//	upstream_error, stream_truncated          yes (2)            yes        failure
 //	upstream_rate_limited                     yes (2)(3)         yes        not counted (4)
+//	upstream_timeout                          no (6)             yes        failure
 //	upstream_auth_failed                      no                 yes        failure (5)
 //	invalid_request and any other code        no                 no         not counted
 //	breaker open (or its probes busy)         -                  yes, at once
@@ -28,6 +28,11 @@
 //	    would shut out the requests its quota still admits.
 //	(5) a refused key stays refused: an open breaker lets later requests skip the target
 //	    at once until a half-open probe finds it fixed.
+//	(6) a provider that let a whole timeout pass would most likely let the next one pass
+//	    too; the next target is the better bet.
+//
+// "The first byte" is a delta passed to a non-nil emit: a caller that passes nil (it
+// answers only once the reply is whole) has received nothing, so any failure is retried.
 //
 // When every target failed, Generate returns the last error. When every target was
 // skipped because its breaker is open, it returns an agate.EUpstream error whose
@@ -282,9 +287,6 @@ func (r *Router) Generate(ctx context.Context, req agate.ModelRequest, emit func
 	if err := ctx.Err(); err != nil {
 		return agate.Reply{}, err
 	}
-	if emit == nil {
-		emit = func(agate.Delta) error { return nil }
-	}
 	alias, chain := r.resolve(req.Model)
 	name := req.Model
 	if name == "" {
@@ -354,17 +356,20 @@ func (r *Router) try(ctx context.Context, t Target, req agate.ModelRequest, emit
 			}
 			return last // it opened while we retried
 		}
-		var sent bool
+		var sent bool // something reached the caller: a nil emit never sends, so never stops retries
 		var emitErr error
-		reply, err := p.Generate(ctx, req, func(d agate.Delta) error {
+		forward := func(d agate.Delta) error {
+			if emit == nil {
+				return nil
+			}
 			sent = true
 			if err := emit(d); err != nil {
 				emitErr = err
 				return err
 			}
 			return nil
-		})
-		report(verdict(ctx, err, emitErr))
+		}
+		reply, err := r.call(ctx, p, req, forward, report, &emitErr)
 		if reply.Model == "" {
 			reply.Model = t.Model
 		}
@@ -374,9 +379,11 @@ func (r *Router) try(ctx context.Context, t Target, req agate.ModelRequest, emit
 		}
 		code := agate.ErrorCode(err)
 		switch code {
-		case agate.EUpstream, agate.EUpstreamTimeout, agate.EStreamTruncated, agate.EUpstreamRate:
+		case agate.EUpstream, agate.EStreamTruncated, agate.EUpstreamRate:
 			last.next = fallBack
-		case agate.EUpstreamAuth:
+		case agate.EUpstreamAuth, agate.EUpstreamTimeout:
+			// A refused key stays refused, and a provider that let a whole timeout pass
+			// would most likely let the next one pass too: the next target is the better bet.
 			last.next = fallBack
 			return last
 		default:
@@ -400,6 +407,22 @@ func (r *Router) try(ctx context.Context, t Target, req agate.ModelRequest, emit
 			return attempt{reply: agate.Reply{Model: t.Model}, err: err, next: done}
 		}
 	}
+}
+
+// call runs one attempt and reports its verdict to the breaker, also when the provider
+// panics: a probe that never reports would keep a half-open breaker shut for good.
+func (r *Router) call(ctx context.Context, p Model, req agate.ModelRequest, emit func(agate.Delta) error,
+	report func(error), emitErr *error) (reply agate.Reply, err error) {
+	reported := false
+	defer func() {
+		if !reported {
+			report(errFailure)
+		}
+	}()
+	reply, err = p.Generate(ctx, req, emit)
+	reported = true
+	report(verdict(ctx, err, *emitErr))
+	return reply, err
 }
 
 // backoff returns the jittered wait before retry n+1 (n from 0): base·2ⁿ capped at max,

@@ -347,7 +347,6 @@ func TestFailureBeforeTheFirstByteIsRetried(t *testing.T) {
 		want agate.Code
 	}{
 		{"stream ends without [DONE] or finish_reason", stream(false, roleChunk), openai.Config{}, agate.EStreamTruncated},
-		{"stream stalls", stream(true, roleChunk), openai.Config{IdleTimeout: 50 * time.Millisecond}, agate.EUpstreamTimeout},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			up := newUpstream(t, tc.h, ok("Hello"))
@@ -365,6 +364,75 @@ func TestFailureBeforeTheFirstByteIsRetried(t *testing.T) {
 `, tc.want), "llm_retries_total")
 		})
 	}
+}
+
+// A provider that let a whole timeout pass is not tried again: the next target is.
+func TestTimeoutBeforeTheFirstByteFallsBackWithoutRetry(t *testing.T) {
+	a := newUpstream(t, stream(true, roleChunk))
+	b := newUpstream(t, ok("from b"))
+	r, _, s := newRouter(t, map[string]router.Model{
+		"a": a.client(openai.Config{IdleTimeout: 50 * time.Millisecond}), "b": b.client(openai.Config{}),
+	}, router.Config{Routes: map[string][]router.Target{"default": chain("a/m", "b/m")}})
+	reply, _, err := generate(r, t.Context(), "")
+	if err != nil || reply.Text != "from b" {
+		t.Fatalf("reply %q, %v; want b's", reply.Text, err)
+	}
+	if na, nb := len(a.calls()), len(b.calls()); na != 1 || nb != 1 || len(s.got()) != 0 {
+		t.Fatalf("requests a %d, b %d, waits %v; want 1, 1 and no retry wait", na, nb, s.got())
+	}
+}
+
+// A caller that takes no deltas (a non-streaming client) has received nothing, so a
+// reply cut off midway is still retried.
+func TestWithoutEmitAMidStreamFailureIsStillRetried(t *testing.T) {
+	up := newUpstream(t, abortAfter(roleChunk, chunk("Hel")), ok("Hello"))
+	r, _, _ := newRouter(t, map[string]router.Model{"a": up.client(openai.Config{})},
+		router.Config{Routes: map[string][]router.Target{"default": chain("a/m")}})
+	reply, err := r.Generate(t.Context(), agate.ModelRequest{Messages: []agate.Message{{Role: "user", Content: "hi"}}}, nil)
+	if err != nil || reply.Text != "Hello" || len(up.calls()) != 2 {
+		t.Fatalf("reply %q, %v after %d calls; want Hello after a retry", reply.Text, err, len(up.calls()))
+	}
+}
+
+// A provider that panics during a half-open probe still reports a failure, so the probe
+// slot is freed and the breaker can close later.
+func TestPanicDuringAProbeDoesNotWedgeTheBreaker(t *testing.T) {
+	var panicking atomic.Bool
+	panicking.Store(true)
+	m := panicModel{panicking: &panicking}
+	r, _, _ := newRouter(t, map[string]router.Model{"a": m},
+		router.Config{Routes: map[string][]router.Target{"default": chain("a/m")},
+			Breaker: router.BreakerConfig{Failures: 1, OpenFor: 20 * time.Millisecond}})
+	call := func() (err error) {
+		defer func() {
+			if recover() != nil {
+				err = errors.New("panicked")
+			}
+		}()
+		_, err = r.Generate(t.Context(), agate.ModelRequest{}, nil)
+		return err
+	}
+	_ = call() // opens the breaker
+	for r.Breakers()[0].State == "open" {
+		time.Sleep(5 * time.Millisecond)
+	}
+	_ = call() // the half-open probe panics
+	panicking.Store(false)
+	for r.Breakers()[0].State == "open" {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if err := call(); err != nil {
+		t.Fatalf("after the provider recovered: %v (breaker %+v)", err, r.Breakers())
+	}
+}
+
+type panicModel struct{ panicking *atomic.Bool }
+
+func (m panicModel) Generate(context.Context, agate.ModelRequest, func(agate.Delta) error) (agate.Reply, error) {
+	if m.panicking.Load() {
+		panic("provider bug")
+	}
+	return agate.Reply{Text: "ok"}, nil
 }
 
 func TestBreakerOpensSkipsTheTargetThenProbesAndCloses(t *testing.T) {
@@ -718,6 +786,27 @@ func TestManyConcreteModelsShareABoundedSetOfBreakers(t *testing.T) {
 	}
 }
 
+// Past the bound, failures of client-named models never open the shared breaker, so one
+// client's typos cannot shut out another client's valid model.
+func TestTyposPastTheBoundDoNotShutOutOtherModels(t *testing.T) {
+	fail := llmtest.Fail(agate.Errorf(agate.EUpstream, "model not found"))
+	replies := make([]llmtest.Reply, 0, 130)
+	for range 120 {
+		replies = append(replies, fail)
+	}
+	a := llmtest.New(append(replies, llmtest.Text("fine"))...)
+	r, _, _ := newRouter(t, map[string]router.Model{"a": a}, router.Config{
+		Routes: map[string][]router.Target{"default": chain("a/m")}, Retries: -1,
+		Breaker: router.BreakerConfig{Failures: 2},
+	})
+	for i := range 120 {
+		_, _, _ = generate(r, t.Context(), fmt.Sprintf("typo-%d", i))
+	}
+	if _, _, err := generate(r, t.Context(), "a-valid-model"); err != nil {
+		t.Fatalf("a valid model after 120 typos: %v", err)
+	}
+}
+
 func TestParseTarget(t *testing.T) {
 	for _, tc := range []struct {
 		in   string
@@ -771,5 +860,19 @@ func TestNewRejectsBadConfig(t *testing.T) {
 	}
 	if _, err := router.New(providers, cfg, reg); err == nil {
 		t.Error("a second router on the same registry: no error")
+	}
+}
+
+// A provider that accepts the connection and never answers is given up after the idle
+// timeout, not the whole request timeout, and the next target answers.
+func TestProviderThatNeverAnswersFallsBackAfterTheIdleTimeout(t *testing.T) {
+	a := newUpstream(t, func(w http.ResponseWriter, r *http.Request) { <-r.Context().Done() })
+	b := newUpstream(t, ok("from b"))
+	r, _, _ := newRouter(t, map[string]router.Model{
+		"a": a.client(openai.Config{IdleTimeout: 50 * time.Millisecond}), "b": b.client(openai.Config{}),
+	}, router.Config{Routes: map[string][]router.Target{"default": chain("a/m", "b/m")}})
+	reply, _, err := generate(r, t.Context(), "")
+	if err != nil || reply.Text != "from b" {
+		t.Fatalf("reply %q, %v; want b's after a's silence", reply.Text, err)
 	}
 }
