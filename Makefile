@@ -1,10 +1,21 @@
 # The README's test command is `make test`; .ci/run calls exactly that.
 GO ?= go
 
-.PHONY: test vet fmt-check bench run build
+.PHONY: test test-unit services vet fmt-check bench run build
 
+# test starts (installing if missing) the real PostgreSQL and Redis on loopback, then runs
+# every test with the race detector, the real-service ones included.
 test: fmt-check vet
+	@eval "$$(bash scripts/services.sh up)" && export AGATE_TEST_POSTGRES AGATE_TEST_REDIS && \
+		echo "real services: $$AGATE_TEST_POSTGRES $$AGATE_TEST_REDIS" && \
+		$(GO) test -race -count=1 ./...
+
+# test-unit needs nothing installed: the real-service tests are skipped (outside CI).
+test-unit: fmt-check vet
 	$(GO) test -race -count=1 ./...
+
+services:
+	bash scripts/services.sh up
 
 vet:
 	$(GO) vet ./...

@@ -31,6 +31,7 @@ const (
 	EIdempotencyReuse Code = "idempotency_key_reused" // the key was used for a different request
 	ERequestTimeout   Code = "request_timeout"        // the request body arrived too slowly
 	EClientGone       Code = "client_closed_request"  // the client left before the answer
+	ERateLimited      Code = "rate_limited"           // the caller's request rate is over its limit; retry later
 	EOverloaded       Code = "overloaded"             // too much queued work; retry later
 	EUnavailable      Code = "unavailable"            // a dependency is down; retry later
 	EInternal         Code = "internal_error"         // a bug; details are in the logs

@@ -288,11 +288,7 @@ func (s *Server) failChat(w http.ResponseWriter, r *http.Request, err error) {
 	s.logError(r, err)
 	code := agate.ErrorCode(err)
 	st := status(code)
-	if d := agate.RetryAfter(err); d > 0 {
-		w.Header().Set("Retry-After", fmt.Sprint(int((d+time.Second-1)/time.Second)))
-	} else if st == http.StatusTooManyRequests || st == http.StatusServiceUnavailable {
-		w.Header().Set("Retry-After", fmt.Sprint(retryAfter))
-	}
+	setRetryAfter(w, err, st)
 	msg := agate.ErrorMessage(err)
 	writeJSON(w, st, chatError{
 		Error:     openaiErrBody{Message: msg, Type: openaiErrType(st), Code: string(code)},

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"strconv"
+	"time"
 
 	"github.com/agate-gw/agate"
 )
@@ -34,7 +35,7 @@ func status(code agate.Code) int {
 		return http.StatusRequestTimeout
 	case agate.EClientGone:
 		return 499 // nginx's "client closed request": nobody reads it, logs and metrics do
-	case agate.EOverloaded, agate.EUpstreamRate:
+	case agate.EOverloaded, agate.EUpstreamRate, agate.ERateLimited:
 		return http.StatusTooManyRequests
 	case agate.EUpstream, agate.EUpstreamAuth, agate.EStreamTruncated, agate.ELLMNotConfigured:
 		return http.StatusBadGateway
@@ -66,10 +67,18 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 	s.logError(r, err)
 	code := agate.ErrorCode(err)
 	st := status(code)
-	if st == http.StatusTooManyRequests || st == http.StatusServiceUnavailable {
+	setRetryAfter(w, err, st)
+	writeJSON(w, st, errorBody{Detail: agate.ErrorMessage(err), Code: code, RequestID: requestID(r.Context())})
+}
+
+// setRetryAfter sets Retry-After on statuses that invite a retry: the wait err asks
+// for, rounded up to whole seconds, or a second.
+func setRetryAfter(w http.ResponseWriter, err error, st int) {
+	if d := agate.RetryAfter(err); d > 0 {
+		w.Header().Set("Retry-After", strconv.Itoa(int((d+time.Second-1)/time.Second)))
+	} else if st == http.StatusTooManyRequests || st == http.StatusServiceUnavailable {
 		w.Header().Set("Retry-After", strconv.Itoa(retryAfter))
 	}
-	writeJSON(w, st, errorBody{Detail: agate.ErrorMessage(err), Code: code, RequestID: requestID(r.Context())})
 }
 
 // logError logs err: server faults as errors, refused requests at debug level.

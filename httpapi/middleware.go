@@ -161,3 +161,22 @@ func (s *Server) authenticate(h http.Handler, fail func(http.ResponseWriter, *ht
 		h.ServeHTTP(w, r.WithContext(agate.NewContext(r.Context(), p)))
 	})
 }
+
+// meter refuses a request over its tenant's rate (Config.TenantLimit) with 429 and the
+// time until one more would be allowed.
+func (s *Server) meter(h http.Handler, fail func(http.ResponseWriter, *http.Request, error)) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if s.cfg.TenantLimit.Rate > 0 {
+			p, _ := agate.PrincipalFrom(r.Context())
+			d, err := s.limiter.Allow(r.Context(), "tenant:"+p.Tenant, s.cfg.TenantLimit)
+			if err != nil {
+				s.logError(r, fmt.Errorf("rate limiter: %w", err)) // let it through: a limiter bug is no reason to refuse
+			} else if !d.Allowed {
+				fail(w, r, &agate.Error{Code: agate.ERateLimited, RetryAfter: d.RetryAfter,
+					Message: fmt.Sprintf("Tenant %q is over its limit of %d requests per %s; retry later.", p.Tenant, s.cfg.TenantLimit.Rate, s.cfg.TenantLimit.Per)})
+				return
+			}
+		}
+		h.ServeHTTP(w, r)
+	})
+}

@@ -17,19 +17,20 @@ const (
 	private   flags = 1 << iota // goes through authentication
 	streaming                   // long-lived: counted in metrics, not timed
 	openaiAPI                   // errors in OpenAI's shape too, for its SDKs
+	metered                     // counts against the caller's tenant request rate
 )
 
 // routes is the whole API, in one place.
 func (s *Server) routes() []route {
 	return []route{
-		{"POST", "/v1/session/message", private, s.handleSendMessage()},
+		{"POST", "/v1/session/message", private | metered, s.handleSendMessage()},
 		{"GET", "/v1/session/{id}/events", private | streaming, s.handleSSE()},
 		{"GET", "/v1/session/{id}/stream", private | streaming, s.handleWebSocket()},
 		{"GET", "/v1/sessions", private, s.handleListSessions()},
 		{"GET", "/v1/sessions/{id}/events", private, s.handleListEvents()},
 		{"GET", "/v1/sessions/{id}/history", private, s.handleHistory()},
 		{"DELETE", "/v1/sessions/{id}", private, s.handleDeleteSession()},
-		{"POST", "/v1/chat/completions", private | openaiAPI, s.handleChatCompletions()},
+		{"POST", "/v1/chat/completions", private | openaiAPI | metered, s.handleChatCompletions()},
 		{"GET", "/v1/models", private | openaiAPI, s.handleModels()},
 		{"GET", "/v1/admin/breakers", private, s.handleBreakers()},
 		{"GET", "/v1/health", public, s.handleHealth()},

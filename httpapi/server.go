@@ -51,6 +51,13 @@ type Authenticator interface {
 	Authenticate(r *http.Request) (agate.Principal, error)
 }
 
+// Limiter decides whether a caller may make one more request (inmem.Limiter in
+// process, redis.Limiter shared by replicas). Allow answers from a fallback rather than
+// fail when its backing store is down; an error is a bug, not an outage.
+type Limiter interface {
+	Allow(ctx context.Context, key string, limit inmem.Limit) (inmem.Decision, error)
+}
+
 // Check is one component of /v1/health.
 type Check struct {
 	Name     string
@@ -67,6 +74,7 @@ type Config struct {
 	ReadTimeout      time.Duration // for a request body; default 30s
 	MaxChatBodyBytes int64         // chat completion request limit (whole conversations); default 8 MiB
 	MaxCompletions   int           // chat completions running at once before 429; default 512
+	TenantLimit      inmem.Limit   // requests that create work, per tenant; zero: unlimited
 }
 
 func (c *Config) setDefaults() {
@@ -100,6 +108,7 @@ type Server struct {
 	store      Store
 	hub        *inmem.Hub
 	auth       Authenticator
+	limiter    Limiter
 	checks     []Check
 	log        *slog.Logger
 	metrics    *metrics.HTTP
@@ -116,11 +125,11 @@ type Server struct {
 }
 
 // New returns the API. Metrics are registered on reg and served from it.
-func New(runner Runner, model Model, store Store, hub *inmem.Hub, auth Authenticator, checks []Check,
-	log *slog.Logger, reg *prometheus.Registry, cfg Config) *Server {
+func New(runner Runner, model Model, store Store, hub *inmem.Hub, auth Authenticator, limiter Limiter,
+	checks []Check, log *slog.Logger, reg *prometheus.Registry, cfg Config) *Server {
 	cfg.setDefaults()
 	s := &Server{
-		runner: runner, model: model, store: store, hub: hub, auth: auth, checks: checks, log: log,
+		runner: runner, model: model, store: store, hub: hub, auth: auth, limiter: limiter, checks: checks, log: log,
 		metrics: metrics.NewHTTP(reg), gatherer: reg, cfg: cfg, started: time.Now(),
 		slots: make(chan struct{}, cfg.MaxCompletions),
 	}
@@ -136,6 +145,9 @@ func New(runner Runner, model Model, store Store, hub *inmem.Hub, auth Authentic
 			fail := s.fail
 			if rt.flags&openaiAPI != 0 {
 				fail = s.failChat
+			}
+			if rt.flags&metered != 0 {
+				h = s.meter(h, fail)
 			}
 			h = s.authenticate(h, fail)
 		}

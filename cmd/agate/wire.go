@@ -9,6 +9,7 @@ import (
 	"maps"
 	"path/filepath"
 	"slices"
+	"time"
 
 	"github.com/agate-gw/agate"
 	"github.com/agate-gw/agate/authn"
@@ -19,6 +20,7 @@ import (
 	"github.com/agate-gw/agate/llm/openai"
 	"github.com/agate-gw/agate/llm/router"
 	"github.com/agate-gw/agate/metrics"
+	"github.com/agate-gw/agate/redis"
 	"github.com/agate-gw/agate/sqlite"
 	"github.com/agate-gw/agate/turn"
 	"github.com/prometheus/client_golang/prometheus"
@@ -30,9 +32,16 @@ type gateway struct {
 	store  turn.Store
 	runner *turn.Runner
 	api    *httpapi.Server
+	closer []func() error // of the adapters, in the order they are to close
 }
 
-func (g *gateway) close() error { return g.store.Close() }
+func (g *gateway) close() error {
+	var errs []error
+	for _, c := range g.closer {
+		errs = append(errs, c())
+	}
+	return errors.Join(append(errs, g.store.Close())...)
+}
 
 // wire builds the gateway from cfg: a real adapter where its URL is set, else the
 // embedded default.
@@ -59,6 +68,15 @@ func wire(ctx context.Context, cfg config, log *slog.Logger) (*gateway, error) {
 		Name: "turns_queued", Help: "Turns accepted and not finished (waiting or running).",
 	}, func() float64 { return float64(runner.Queued()) }))
 
+	var closers []func() error
+	limiter, limitCheck, err := chooseLimiter(cfg, log)
+	if err != nil {
+		return nil, errors.Join(err, store.Close())
+	}
+	if limitCheck.Probe != nil {
+		closers = append(closers, limitCheck.close)
+	}
+
 	checks := []httpapi.Check{
 		{Name: "store", Required: true, Probe: store.Ping},
 		{Name: "llm", Probe: func(context.Context) error {
@@ -68,10 +86,42 @@ func wire(ctx context.Context, cfg config, log *slog.Logger) (*gateway, error) {
 			return nil
 		}},
 	}
-	api := httpapi.New(runner, model, store, hub, anonymous(cfg), checks, log, reg, httpapi.Config{
+	if limitCheck.Probe != nil {
+		checks = append(checks, limitCheck.Check)
+	}
+	api := httpapi.New(runner, model, store, hub, anonymous(cfg), limiter, checks, log, reg, httpapi.Config{
 		MaxBodyBytes: cfg.MaxBody, MaxMessageBytes: cfg.MaxMessage,
+		TenantLimit: inmem.Limit{Rate: cfg.TenantRPM, Per: time.Minute},
 	})
-	return &gateway{store: store, runner: runner, api: api}, nil
+	return &gateway{store: store, runner: runner, api: api, closer: closers}, nil
+}
+
+// redisCheck is the health component of a Redis-backed limiter, and its client's close.
+type redisCheck struct {
+	httpapi.Check
+	close func() error
+}
+
+// chooseLimiter returns the Redis limiter when REDIS_URL is set (its health check reports
+// "degraded" while it answers from its in-process fallback), else an in-process one.
+func chooseLimiter(cfg config, log *slog.Logger) (httpapi.Limiter, redisCheck, error) {
+	if cfg.RedisURL == "" {
+		return inmem.NewLimiter(inmem.LimiterConfig{}), redisCheck{}, nil
+	}
+	client, err := redis.NewClient(cfg.RedisURL)
+	if err != nil {
+		return nil, redisCheck{}, err
+	}
+	l := redis.NewLimiter(client, nil, redis.Config{Replicas: max(cfg.Replicas, 1), Logger: log})
+	return l, redisCheck{
+		Check: httpapi.Check{Name: "redis", Probe: func(context.Context) error {
+			if l.Degraded() {
+				return agate.Errorf(agate.EUnavailable, "redis is unreachable; limits are enforced per replica")
+			}
+			return nil
+		}},
+		close: client.Close,
+	}, nil
 }
 
 // anonymous is the principal of every caller while authentication is off; only the dev
