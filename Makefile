@@ -1,18 +1,26 @@
 # The README's test command is `make test`; .ci/run calls exactly that.
 GO ?= go
 
-.PHONY: test test-unit services vet fmt-check bench run build
+.PHONY: test test-unit test-integration services vet fmt-check bench run build
 
 # test starts (installing if missing) the real PostgreSQL and Redis on loopback, then runs
 # every test with the race detector, the real-service ones included.
 test: fmt-check vet
-	@eval "$$(bash scripts/services.sh up)" && export AGATE_TEST_POSTGRES AGATE_TEST_REDIS && \
+	@env=$$(bash scripts/services.sh up) && eval "$$env" && export AGATE_TEST_POSTGRES AGATE_TEST_REDIS && \
 		echo "real services: $$AGATE_TEST_POSTGRES $$AGATE_TEST_REDIS" && \
 		$(GO) test -race -count=1 ./...
 
 # test-unit needs nothing installed: the real-service tests are skipped (outside CI).
 test-unit: fmt-check vet
 	$(GO) test -race -count=1 ./...
+
+# test-integration runs only the tests of real services, against those scripts/services.sh
+# starts (installing them if missing). CI=true: a missing service fails them, never skips.
+INTEGRATION_PKGS ?= ./postgres/ ./redis/
+
+test-integration:
+	@env=$$(bash scripts/services.sh up) && set -a && eval "$$env" && set +a && \
+		CI=true $(GO) test -race -count=1 $(INTEGRATION_PKGS)
 
 services:
 	bash scripts/services.sh up

@@ -47,6 +47,9 @@ type config struct {
 	MaxMessage   int           `env:"AGATE_MAX_MESSAGE_BYTES" default:"65536" help:"largest user message"`
 	MaxBody      int64         `env:"AGATE_MAX_BODY_BYTES" default:"262144" help:"largest request body"`
 	Grace        time.Duration `env:"AGATE_SHUTDOWN_GRACE" default:"10s" help:"how long running turns may finish on shutdown"`
+	PostgresDSN  string        `env:"POSTGRES_DSN" secret:"true" help:"PostgreSQL store, e.g. postgres://agate:secret@db:5432/agate?sslmode=require (default: the embedded SQLite store in AGATE_DATA_DIR)"`
+	PostgresMax  int           `env:"POSTGRES_MAX_CONNS" default:"16" help:"most connections to PostgreSQL per replica"`
+	PostgresStmt time.Duration `env:"POSTGRES_STATEMENT_TIMEOUT" default:"5s" help:"longest one PostgreSQL statement may run, lock waits included, before the request fails with 503"`
 	RedisURL     string        `env:"REDIS_URL" secret:"true" help:"Redis for limits shared by replicas, e.g. redis://127.0.0.1:6379/0 (default: in-process limits)"`
 	Replicas     int           `env:"AGATE_REPLICAS" default:"1" help:"gateway replicas: while Redis is down each enforces 1/N of a limit"`
 	TenantRPM    int           `env:"AGATE_TENANT_RPM" default:"0" help:"messages and chat completions per minute per tenant; 0: unlimited"`

@@ -67,3 +67,33 @@ func TestReplicasSharingRedisEnforceOneLimit(t *testing.T) {
 }
 
 func contains(b []byte, s string) bool { return strings.Contains(string(b), s) }
+
+// The same turn, end to end, on the PostgreSQL store, surviving a restart.
+func TestChatTurnOnPostgresSurvivesRestart(t *testing.T) {
+	dsn := os.Getenv("AGATE_TEST_POSTGRES")
+	if dsn == "" {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("AGATE_TEST_POSTGRES is not set; make test sets it from scripts/services.sh up")
+		}
+		t.Skip("set AGATE_TEST_POSTGRES to run against a real PostgreSQL")
+	}
+	u := newUpstream(t)
+	env := withUpstream(u, map[string]string{"POSTGRES_DSN": dsn, "AGATE_DEFAULT_TENANT": "t-" + uuid.NewString()[:8]})
+	g := start(t, env)
+	a := g.send(t, "", "stored in postgres")
+	frames := g.subscribe(t, a.SessionID, "").untilFinal(t)
+	if got := frames[len(frames)-1].Data.Message; got != reply("stored in postgres") {
+		t.Fatalf("final = %q", got)
+	}
+	if err := g.stop(); err != nil {
+		t.Fatal(err)
+	}
+	g = start(t, env)
+	var hist struct {
+		Messages []struct{ Message string } `json:"messages"`
+	}
+	do(t, "GET", g.URL+"/v1/sessions/"+a.SessionID+"/history", "", nil).json(t, &hist)
+	if len(hist.Messages) != 2 || hist.Messages[1].Message != reply("stored in postgres") {
+		t.Fatalf("history after restart = %+v", hist.Messages)
+	}
+}

@@ -63,12 +63,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, _ io.Re
 	}
 	log := newLogger(cfg, stderr)
 	if cmd == "migrate" {
-		st, err := openStore(ctx, cfg)
-		if err != nil {
-			return err
-		}
-		log.Info("store schema is up to date", "data_dir", cfg.DataDir)
-		return st.Close()
+		return migrate(ctx, cfg, log)
 	}
 	return serve(ctx, cfg, log, stdout)
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/agate-gw/agate/llm/openai"
 	"github.com/agate-gw/agate/llm/router"
 	"github.com/agate-gw/agate/metrics"
+	"github.com/agate-gw/agate/postgres"
 	"github.com/agate-gw/agate/redis"
 	"github.com/agate-gw/agate/sqlite"
 	"github.com/agate-gw/agate/turn"
@@ -134,8 +135,40 @@ func anonymous(cfg config) authn.Anonymous {
 	return a
 }
 
-func openStore(ctx context.Context, cfg config) (*sqlite.Store, error) {
-	return sqlite.Open(ctx, filepath.Join(cfg.DataDir, "agate.db"), sqlite.Config{Relaxed: cfg.SQLiteRelax})
+// openStore opens the PostgreSQL store when POSTGRES_DSN is set, else the embedded SQLite
+// store. Both bring their schema up to date (`agate migrate` is just that).
+func openStore(ctx context.Context, cfg config) (turn.Store, error) {
+	if cfg.PostgresDSN != "" {
+		s, err := postgres.Open(ctx, cfg.PostgresDSN, postgres.Config{
+			MaxConns: cfg.PostgresMax, StatementTimeout: cfg.PostgresStmt,
+		})
+		if err != nil {
+			return nil, err
+		}
+		return s, nil
+	}
+	s, err := sqlite.Open(ctx, filepath.Join(cfg.DataDir, "agate.db"), sqlite.Config{Relaxed: cfg.SQLiteRelax})
+	if err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// migrate brings the configured store's schema up to date, for `agate migrate`.
+func migrate(ctx context.Context, cfg config, log *slog.Logger) error {
+	if cfg.PostgresDSN != "" {
+		if err := postgres.Migrate(ctx, cfg.PostgresDSN); err != nil {
+			return err
+		}
+		log.Info("store schema is up to date", "store", "postgres")
+		return nil
+	}
+	st, err := openStore(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	log.Info("store schema is up to date", "store", "sqlite", "data_dir", cfg.DataDir)
+	return st.Close()
 }
 
 // chooseModels builds the providers that are configured (each measured) and the router
