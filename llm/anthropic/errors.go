@@ -14,9 +14,9 @@ import (
 	"strings"
 	"syscall"
 	"time"
-	"unicode/utf8"
 
 	"github.com/agate-gw/agate"
+	"github.com/agate-gw/agate/llm/internal/quote"
 )
 
 // Causes of the request context's cancellation.
@@ -24,9 +24,6 @@ var (
 	errTimeout = errors.New("anthropic: request timeout exceeded")
 	errIdle    = errors.New("anthropic: idle timeout exceeded")
 )
-
-// maxMessage bounds the provider text quoted in an error message, in runes.
-const maxMessage = 300
 
 // statusOverloaded is Anthropic's status for a temporarily overloaded API.
 const statusOverloaded = 529
@@ -88,23 +85,23 @@ func (s *stream) endOfStream(err error) error {
 
 // eventError maps an error event (or an error object sent with status 200).
 func (s *stream) eventError(e apiError) error {
-	msg := s.c.clean(e.Message)
+	msg := s.c.quote(e.Message)
 	cause := fmt.Errorf("error event %q: %s", e.Type, msg)
 	switch e.Type {
 	case "overloaded_error":
 		return agate.Wrap(agate.EUpstream, cause,
-			sentence("Anthropic is overloaded and stopped the reply", msg)+" Try again shortly.")
+			quote.Sentence("Anthropic is overloaded and stopped the reply", msg)+" Try again shortly.")
 	case "rate_limit_error":
-		return agate.Wrap(agate.EUpstreamRate, cause, sentence("Anthropic is rate limiting the gateway", msg))
+		return agate.Wrap(agate.EUpstreamRate, cause, quote.Sentence("Anthropic is rate limiting the gateway", msg))
 	case "authentication_error", "permission_error":
 		return agate.Wrap(agate.EUpstreamAuth, cause,
-			sentence("Anthropic refused the gateway's credentials", msg)+" Check the Anthropic API key.")
+			quote.Sentence("Anthropic refused the gateway's credentials", msg)+" Check the Anthropic API key.")
 	case "timeout_error":
-		return agate.Wrap(agate.EUpstreamTimeout, cause, sentence("Anthropic timed out", msg)+" Try again.")
+		return agate.Wrap(agate.EUpstreamTimeout, cause, quote.Sentence("Anthropic timed out", msg)+" Try again.")
 	case "":
-		return agate.Wrap(agate.EUpstream, cause, sentence("Anthropic reported an error", msg))
+		return agate.Wrap(agate.EUpstream, cause, quote.Sentence("Anthropic reported an error", msg))
 	}
-	return agate.Wrap(agate.EUpstream, cause, sentence("Anthropic reported an error ("+s.c.clean(e.Type)+")", msg))
+	return agate.Wrap(agate.EUpstream, cause, quote.Sentence("Anthropic reported an error ("+s.c.quote(e.Type)+")", msg))
 }
 
 // statusError maps a response with a non-2xx status to an error, quoting the provider's
@@ -114,10 +111,10 @@ func (c *Client) statusError(resp *http.Response, x *call) error {
 	if readErr != nil && x.ctx.Err() != nil {
 		return x.ctx.Err()
 	}
-	msg := c.clean(providerMessage(body, resp.Header.Get("Content-Type")))
-	cause := fmt.Errorf("HTTP %s: %s", resp.Status, c.clean(string(body)))
+	msg := c.quote(providerMessage(body, resp.Header.Get("Content-Type")))
+	cause := fmt.Errorf("HTTP %s: %s", resp.Status, c.quote(string(body)))
 	if id := resp.Header.Get("request-id"); id != "" {
-		cause = fmt.Errorf("HTTP %s (request-id %s): %s", resp.Status, c.clean(id), c.clean(string(body)))
+		cause = fmt.Errorf("HTTP %s (request-id %s): %s", resp.Status, c.quote(id), c.quote(string(body)))
 	}
 	wait, waitHint := retryAfter(resp.Header, time.Now())
 	e := &agate.Error{Code: agate.EUpstream, Err: cause, RetryAfter: wait}
@@ -129,25 +126,25 @@ func (c *Client) statusError(resp *http.Response, x *call) error {
 		if c.key == "" {
 			hint = " No Anthropic API key is configured."
 		}
-		e.Code, e.Message = agate.EUpstreamAuth, sentence("Anthropic refused the gateway's credentials "+head, msg)+hint
+		e.Code, e.Message = agate.EUpstreamAuth, quote.Sentence("Anthropic refused the gateway's credentials "+head, msg)+hint
 	case code == http.StatusTooManyRequests:
-		e.Code, e.Message = agate.EUpstreamRate, sentence("Anthropic is rate limiting the gateway "+head, msg)+waitHint
+		e.Code, e.Message = agate.EUpstreamRate, quote.Sentence("Anthropic is rate limiting the gateway "+head, msg)+waitHint
 	case code == http.StatusRequestTimeout || code == http.StatusGatewayTimeout:
-		e.Code, e.Message = agate.EUpstreamTimeout, sentence("Anthropic timed out "+head, msg)+" Try again."
+		e.Code, e.Message = agate.EUpstreamTimeout, quote.Sentence("Anthropic timed out "+head, msg)+" Try again."
 	case code == http.StatusBadRequest && strings.Contains(strings.ToLower(msg), "credit balance"):
 		// Billing, not the request: another provider may answer; the breaker counts it.
-		e.Code, e.Message = agate.EUpstreamAuth, sentence("Anthropic's credit for the gateway is used up "+head, msg)
+		e.Code, e.Message = agate.EUpstreamAuth, quote.Sentence("Anthropic's credit for the gateway is used up "+head, msg)
 	case code == http.StatusBadRequest || code == http.StatusRequestEntityTooLarge || code == http.StatusUnprocessableEntity:
 		// The request itself is refused: the caller's to fix, not a provider fault.
-		e.Code, e.Message = agate.EInvalid, sentence("Anthropic refused the request "+head, msg)
+		e.Code, e.Message = agate.EInvalid, quote.Sentence("Anthropic refused the request "+head, msg)
 	case code == statusOverloaded:
-		e.Message = sentence("Anthropic is overloaded "+head, msg) + " Try again shortly." + waitHint
+		e.Message = quote.Sentence("Anthropic is overloaded "+head, msg) + " Try again shortly." + waitHint
 	case code >= 300 && code <= 399:
 		e.Message = fmt.Sprintf("The Anthropic base URL redirects elsewhere (HTTP %d). Set it to the URL it redirects to.", code)
 	case code == http.StatusNotFound:
-		e.Message = sentence("Anthropic answered with an error "+head, msg) + " Check the Anthropic base URL and the model name."
+		e.Message = quote.Sentence("Anthropic answered with an error "+head, msg) + " Check the Anthropic base URL and the model name."
 	default:
-		e.Message = sentence("Anthropic answered with an error "+head, msg) + waitHint
+		e.Message = quote.Sentence("Anthropic answered with an error "+head, msg) + waitHint
 	}
 	return e
 }
@@ -198,27 +195,5 @@ func providerMessage(body []byte, contentType string) string {
 	return ""
 }
 
-// clean makes provider text fit for an error message: the API key redacted, valid UTF-8 on
-// one line, at most maxMessage runes.
-func (c *Client) clean(s string) string {
-	if len(c.key) >= 4 {
-		s = strings.ReplaceAll(s, c.key, "[redacted]")
-	}
-	s = strings.Join(strings.Fields(strings.ToValidUTF8(s, "\uFFFD")), " ")
-	if utf8.RuneCountInString(s) > maxMessage {
-		s = string([]rune(s)[:maxMessage]) + "…"
-	}
-	return s
-}
-
-// sentence returns head + ": " + msg as a sentence ending in punctuation, or head + "."
-// when msg is empty.
-func sentence(head, msg string) string {
-	if msg == "" {
-		return head + "."
-	}
-	if !strings.HasSuffix(msg, ".") && !strings.HasSuffix(msg, "!") && !strings.HasSuffix(msg, "?") && !strings.HasSuffix(msg, "…") {
-		msg += "."
-	}
-	return head + ": " + msg
-}
+// quote makes provider text fit for an error message, the API key redacted.
+func (c *Client) quote(s string) string { return quote.Clean(s, c.key) }

@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/agate-gw/agate"
+	"github.com/agate-gw/agate/llm/internal/sse"
 )
 
 // Wire format of the stream: one JSON object per event, with the fields of every type.
@@ -68,11 +69,11 @@ type stream struct {
 
 // readSSE reads the event stream until message_stop.
 func (s *stream) readSSE(r io.Reader) (agate.Reply, error) {
-	dec := newSSEDecoder(r, maxEventSize)
+	dec := sse.NewDecoder(r, maxEventSize)
 	for {
 		ev, err := dec.Next()
 		if err != nil {
-			if errors.Is(err, errEventTooLarge) {
+			if errors.Is(err, sse.ErrTooLarge) {
 				return s.result(agate.Wrap(agate.EUpstream, err, "Anthropic sent a stream event over 1 MiB; the reply was abandoned."))
 			}
 			return s.result(s.endOfStream(err))

@@ -16,9 +16,9 @@ import (
 	"strings"
 	"syscall"
 	"time"
-	"unicode/utf8"
 
 	"github.com/agate-gw/agate"
+	"github.com/agate-gw/agate/llm/internal/quote"
 )
 
 // Causes of the request context's cancellation.
@@ -26,9 +26,6 @@ var (
 	errTimeout = errors.New("openai: request timeout exceeded")
 	errIdle    = errors.New("openai: idle timeout exceeded")
 )
-
-// maxMessage bounds the provider text quoted in an error message, in runes.
-const maxMessage = 300
 
 // cancelled returns what Generate returns when the caller's context is done or the
 // request's Timeout or IdleTimeout fired, and nil otherwise.
@@ -105,7 +102,7 @@ func (s *stream) endOfStream(err error) error {
 
 // streamError is an error object that arrived with status 200.
 func (s *stream) streamError(msg string) error {
-	return agate.Errorf(agate.EUpstream, "%s", sentence("The LLM provider reported an error", s.c.clean(msg)))
+	return agate.Errorf(agate.EUpstream, "%s", quote.Sentence("The LLM provider reported an error", s.c.quote(msg)))
 }
 
 // statusError maps a response with a non-2xx status to an error, quoting the provider's
@@ -115,8 +112,8 @@ func (c *Client) statusError(resp *http.Response, s *stream) error {
 	if readErr != nil && s.ctx.Err() != nil {
 		return s.ctx.Err()
 	}
-	msg := c.clean(providerMessage(body, resp.Header.Get("Content-Type")))
-	cause := fmt.Errorf("HTTP %s: %s", resp.Status, c.clean(string(body)))
+	msg := c.quote(providerMessage(body, resp.Header.Get("Content-Type")))
+	cause := fmt.Errorf("HTTP %s: %s", resp.Status, c.quote(string(body)))
 	code := resp.StatusCode
 	head := fmt.Sprintf("(HTTP %d)", code)
 	switch code {
@@ -126,24 +123,24 @@ func (c *Client) statusError(resp *http.Response, s *stream) error {
 			hint = " No API key is configured; set LLM_API_KEY."
 		}
 		return agate.Wrap(agate.EUpstreamAuth, cause,
-			sentence("The LLM provider refused the gateway's credentials "+head, msg)+hint)
+			quote.Sentence("The LLM provider refused the gateway's credentials "+head, msg)+hint)
 	case http.StatusTooManyRequests:
 		if bytes.Contains(body, []byte(`"insufficient_quota"`)) {
 			// Billing, not load: waiting does not help. Like a refused key, it sends the
 			// router to the next provider and counts against the breaker.
 			return agate.Wrap(agate.EUpstreamAuth, cause,
-				sentence("The LLM provider's quota for the gateway is used up "+head, msg))
+				quote.Sentence("The LLM provider's quota for the gateway is used up "+head, msg))
 		}
 		wait, hint := retryAfter(resp.Header, time.Now())
 		return &agate.Error{Code: agate.EUpstreamRate, Err: cause, RetryAfter: wait,
-			Message: sentence("The LLM provider is rate limiting the gateway "+head, msg) + hint}
+			Message: quote.Sentence("The LLM provider is rate limiting the gateway "+head, msg) + hint}
 	case http.StatusRequestTimeout, http.StatusGatewayTimeout:
 		return agate.Wrap(agate.EUpstreamTimeout, cause,
-			sentence("The LLM provider timed out "+head, msg)+" Try again.")
+			quote.Sentence("The LLM provider timed out "+head, msg)+" Try again.")
 	case http.StatusBadRequest, http.StatusRequestEntityTooLarge, http.StatusUnprocessableEntity:
 		// The request itself is refused (too long a context, a bad parameter): retrying or
 		// another provider's breaker would not help, and it is the caller's to fix.
-		return agate.Wrap(agate.EInvalid, cause, sentence("The LLM provider refused the request "+head, msg))
+		return agate.Wrap(agate.EInvalid, cause, quote.Sentence("The LLM provider refused the request "+head, msg))
 	}
 	if code >= 300 && code <= 399 {
 		return agate.Wrap(agate.EUpstream, cause, fmt.Sprintf(
@@ -157,7 +154,7 @@ func (c *Client) statusError(resp *http.Response, s *stream) error {
 		hint += " Check LLM_BASE_URL (it usually ends in /v1) and LLM_MODEL."
 	}
 	return &agate.Error{Code: agate.EUpstream, Err: cause, RetryAfter: wait,
-		Message: sentence("The LLM provider answered with an error "+head, msg) + hint}
+		Message: quote.Sentence("The LLM provider answered with an error "+head, msg) + hint}
 }
 
 // retryAfter returns the wait that a response's headers ask for at time now, and a
@@ -243,27 +240,5 @@ func errorMessage(raw json.RawMessage) string {
 	return ""
 }
 
-// clean makes provider text fit for an error message: the API key redacted, valid UTF-8 on
-// one line, at most maxMessage runes.
-func (c *Client) clean(s string) string {
-	if len(c.key) >= 4 {
-		s = strings.ReplaceAll(s, c.key, "[redacted]")
-	}
-	s = strings.Join(strings.Fields(strings.ToValidUTF8(s, "\uFFFD")), " ")
-	if utf8.RuneCountInString(s) > maxMessage {
-		s = string([]rune(s)[:maxMessage]) + "…"
-	}
-	return s
-}
-
-// sentence returns head + ": " + msg as a sentence ending in punctuation, or head + "."
-// when msg is empty.
-func sentence(head, msg string) string {
-	if msg == "" {
-		return head + "."
-	}
-	if !strings.HasSuffix(msg, ".") && !strings.HasSuffix(msg, "!") && !strings.HasSuffix(msg, "?") && !strings.HasSuffix(msg, "…") {
-		msg += "."
-	}
-	return head + ": " + msg
-}
+// quote makes provider text fit for an error message, the API key redacted.
+func (c *Client) quote(s string) string { return quote.Clean(s, c.key) }

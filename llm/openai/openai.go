@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/agate-gw/agate"
+	"github.com/agate-gw/agate/llm/internal/sse"
 	"github.com/google/uuid"
 )
 
@@ -340,11 +341,11 @@ type stream struct {
 
 // readSSE reads a chat.completion.chunk stream until "data: [DONE]".
 func (s *stream) readSSE(r io.Reader) (agate.Reply, error) {
-	dec := newSSEDecoder(r, maxEventSize)
+	dec := sse.NewDecoder(r, maxEventSize)
 	for {
 		ev, err := dec.Next()
 		if err != nil {
-			if errors.Is(err, errEventTooLarge) {
+			if errors.Is(err, sse.ErrTooLarge) {
 				return s.result(agate.Wrap(agate.EUpstream, err, "The LLM provider sent a stream event over 1 MiB; the reply was abandoned."))
 			}
 			return s.result(s.endOfStream(err))

@@ -1,4 +1,4 @@
-package openai
+package sse
 
 import (
 	"errors"
@@ -11,9 +11,9 @@ import (
 )
 
 // decodeAll returns every event of r and the error that ended the stream.
-func decodeAll(r io.Reader, max int) ([]sseEvent, error) {
-	d := newSSEDecoder(r, max)
-	var evs []sseEvent
+func decodeAll(r io.Reader, max int) ([]Event, error) {
+	d := NewDecoder(r, max)
+	var evs []Event
 	for {
 		ev, err := d.Next()
 		if err != nil {
@@ -42,27 +42,27 @@ func TestSSEDecoder(t *testing.T) {
 	tests := []struct {
 		name string
 		in   string
-		want []sseEvent
+		want []Event
 	}{
 		{"data with and without a space", "data: a\n\ndata:b\n\ndata:  c\n\n",
-			[]sseEvent{{"message", "a", ""}, {"message", "b", ""}, {"message", " c", ""}}},
-		{"multi-line data", "data: {\"a\":\ndata: 1}\n\n", []sseEvent{{"message", "{\"a\":\n1}", ""}}},
-		{"CRLF", "data: a\r\ndata: b\r\n\r\n", []sseEvent{{"message", "a\nb", ""}}},
-		{"CR", "data: a\rdata: b\r\r", []sseEvent{{"message", "a\nb", ""}}},
-		{"mixed endings", "data: a\r\n\rdata: b\n\r\n", []sseEvent{{"message", "a", ""}, {"message", "b", ""}}},
-		{"comments", ": hi\ndata: a\n: mid\n\n:\n\n", []sseEvent{{"message", "a", ""}}},
+			[]Event{{"message", "a", ""}, {"message", "b", ""}, {"message", " c", ""}}},
+		{"multi-line data", "data: {\"a\":\ndata: 1}\n\n", []Event{{"message", "{\"a\":\n1}", ""}}},
+		{"CRLF", "data: a\r\ndata: b\r\n\r\n", []Event{{"message", "a\nb", ""}}},
+		{"CR", "data: a\rdata: b\r\r", []Event{{"message", "a\nb", ""}}},
+		{"mixed endings", "data: a\r\n\rdata: b\n\r\n", []Event{{"message", "a", ""}, {"message", "b", ""}}},
+		{"comments", ": hi\ndata: a\n: mid\n\n:\n\n", []Event{{"message", "a", ""}}},
 		{"event and id", "event: error\nid: 7\ndata: x\n\ndata: y\n\n",
-			[]sseEvent{{"error", "x", "7"}, {"message", "y", "7"}}},
-		{"id with NUL is ignored", "id: 1\n\nid: a\x00b\ndata: x\n\n", []sseEvent{{"message", "x", "1"}}},
-		{"empty data dispatches", "data\n\ndata:\n\n", []sseEvent{{"message", "", ""}, {"message", "", ""}}},
-		{"no data, no event", "event: x\n\nretry: 10\nfoo: bar\n\ndata: z\n\n", []sseEvent{{"message", "z", ""}}},
-		{"byte order mark", "\xEF\xBB\xBFdata: a\n\n", []sseEvent{{"message", "a", ""}}},
-		{"BOM only at the start", "data: a\n\n\xEF\xBB\xBFdata: b\n\n", []sseEvent{{"message", "a", ""}}},
-		{"incomplete event is discarded", "data: a\n\ndata: b\n", []sseEvent{{"message", "a", ""}}},
-		{"partial line is discarded", "data: a\n\ndata: b", []sseEvent{{"message", "a", ""}}},
-		{"colon in value", "data: a: b\n\n", []sseEvent{{"message", "a: b", ""}}},
-		{"field names are case sensitive", "Data: a\n\ndata: b\n\n", []sseEvent{{"message", "b", ""}}},
-		{"DONE", "data: [DONE]\n\n", []sseEvent{{"message", "[DONE]", ""}}},
+			[]Event{{"error", "x", "7"}, {"message", "y", "7"}}},
+		{"id with NUL is ignored", "id: 1\n\nid: a\x00b\ndata: x\n\n", []Event{{"message", "x", "1"}}},
+		{"empty data dispatches", "data\n\ndata:\n\n", []Event{{"message", "", ""}, {"message", "", ""}}},
+		{"no data, no event", "event: x\n\nretry: 10\nfoo: bar\n\ndata: z\n\n", []Event{{"message", "z", ""}}},
+		{"byte order mark", "\xEF\xBB\xBFdata: a\n\n", []Event{{"message", "a", ""}}},
+		{"BOM only at the start", "data: a\n\n\xEF\xBB\xBFdata: b\n\n", []Event{{"message", "a", ""}}},
+		{"incomplete event is discarded", "data: a\n\ndata: b\n", []Event{{"message", "a", ""}}},
+		{"partial line is discarded", "data: a\n\ndata: b", []Event{{"message", "a", ""}}},
+		{"colon in value", "data: a: b\n\n", []Event{{"message", "a: b", ""}}},
+		{"field names are case sensitive", "Data: a\n\ndata: b\n\n", []Event{{"message", "b", ""}}},
+		{"DONE", "data: [DONE]\n\n", []Event{{"message", "[DONE]", ""}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -89,15 +89,15 @@ func TestSSEDecoderLimits(t *testing.T) {
 		": " + strings.Repeat("x", 100) + "\n",                           // a long comment
 	} {
 		_, err := decodeAll(strings.NewReader(in), 64)
-		if !errors.Is(err, errEventTooLarge) {
-			t.Errorf("err = %v, want errEventTooLarge", err)
+		if !errors.Is(err, ErrTooLarge) {
+			t.Errorf("err = %v, want ErrTooLarge", err)
 		}
 	}
 }
 
 func TestSSEDecoderReadError(t *testing.T) {
 	boom := errors.New("connection reset")
-	d := newSSEDecoder(io.MultiReader(strings.NewReader("data: a\n\ndata: b"), iotest.ErrReader(boom)), 1<<20)
+	d := NewDecoder(io.MultiReader(strings.NewReader("data: a\n\ndata: b"), iotest.ErrReader(boom)), 1<<20)
 	if ev, err := d.Next(); err != nil || ev.Data != "a" {
 		t.Fatalf("Next = %v, %v", ev, err)
 	}
@@ -123,7 +123,7 @@ func FuzzSSEDecoder(f *testing.F) {
 	f.Fuzz(func(t *testing.T, in []byte, step uint16) {
 		const max = 256
 		want, wantErr := decodeAll(strings.NewReader(string(in)), max)
-		if wantErr != io.EOF && !errors.Is(wantErr, errEventTooLarge) {
+		if wantErr != io.EOF && !errors.Is(wantErr, ErrTooLarge) {
 			t.Fatalf("err = %v", wantErr)
 		}
 		for _, ev := range want {
