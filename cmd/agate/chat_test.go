@@ -2,7 +2,10 @@ package main
 
 import (
 	"errors"
+	"io"
 	"net/http"
+	"net/http/httptest"
+	"os"
 	"strings"
 	"testing"
 
@@ -231,5 +234,66 @@ func TestStreamCutAfterTheFirstByteEndsWithAnErrorChunkAndNoRetry(t *testing.T) 
 	}
 	if text != "You said: " || len(u.calls()) != 1 {
 		t.Fatalf("client got %q over %d upstream calls; want the first two words once, no retry", text, len(u.calls()))
+	}
+}
+
+// An OpenAI SDK client gets an Anthropic model's parallel tool calls in OpenAI's shape,
+// streamed and not, through the router and the ingress.
+func TestOpenAISDKGetsAnthropicToolCalls(t *testing.T) {
+	transcript, err := os.ReadFile("../../llm/anthropic/testdata/tool_use.sse")
+	if err != nil {
+		t.Fatal(err)
+	}
+	anthropicAPI := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/v1/messages" || r.Header.Get("x-api-key") != "sk-ant-test" {
+			http.Error(w, `{"type":"error","error":{"type":"not_found_error","message":"no"}}`, http.StatusNotFound)
+			return
+		}
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "text/event-stream")
+		_, _ = w.Write(transcript)
+	}))
+	t.Cleanup(anthropicAPI.Close)
+	g := start(t, map[string]string{"ANTHROPIC_API_KEY": "sk-ant-test", "ANTHROPIC_BASE_URL": anthropicAPI.URL})
+	client := sdk(g)
+	params := openai.ChatCompletionNewParams{
+		Model:    "default",
+		Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage("weather and time in SF?")},
+		Tools: []openai.ChatCompletionToolUnionParam{
+			openai.ChatCompletionFunctionTool(shared.FunctionDefinitionParam{Name: "get_weather"}),
+			openai.ChatCompletionFunctionTool(shared.FunctionDefinitionParam{Name: "get_time"}),
+		},
+	}
+	want := []string{
+		`toolu_01T1x1fJ34qAmk2tNTrN7Up6 get_weather {"location": "San Francisco, CA", "unit": "fahrenheit"}`,
+		`toolu_01EjbmDLTn1iEsKNmiT1tsMN get_time {"timezone": "America/Los_Angeles"}`,
+	}
+
+	resp, err := client.Chat.Completions.New(t.Context(), params)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, c := range resp.Choices[0].Message.ToolCalls {
+		got = append(got, c.ID+" "+c.Function.Name+" "+c.Function.Arguments)
+	}
+	if strings.Join(got, "|") != strings.Join(want, "|") || resp.Choices[0].FinishReason != "tool_calls" {
+		t.Fatalf("non-streaming tool calls = %q, finish %q", got, resp.Choices[0].FinishReason)
+	}
+
+	stream := client.Chat.Completions.NewStreaming(t.Context(), params)
+	acc := openai.ChatCompletionAccumulator{}
+	for stream.Next() {
+		acc.AddChunk(stream.Current())
+	}
+	if err := stream.Err(); err != nil {
+		t.Fatal(err)
+	}
+	got = got[:0]
+	for _, c := range acc.Choices[0].Message.ToolCalls {
+		got = append(got, c.ID+" "+c.Function.Name+" "+c.Function.Arguments)
+	}
+	if strings.Join(got, "|") != strings.Join(want, "|") || acc.Choices[0].Message.Content != "Okay, let's check the weather and the time:" {
+		t.Fatalf("streamed tool calls = %q, text %q", got, acc.Choices[0].Message.Content)
 	}
 }
