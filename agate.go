@@ -5,6 +5,7 @@ package agate
 import (
 	"context"
 	"encoding/json"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -44,6 +45,19 @@ type Session struct {
 	LastSeq   int64          `json:"last_seq"`
 	CreatedAt time.Time      `json:"created_at"`
 	UpdatedAt time.Time      `json:"updated_at"`
+}
+
+// TitleRunes bounds a session title.
+const TitleRunes = 80
+
+// Title is the title a session gets from its first user message: one line of at most
+// TitleRunes runes. Every store applies it, so listings read the same on each backend.
+func Title(message string) string {
+	t := strings.Join(strings.Fields(message), " ")
+	if r := []rune(t); len(r) > TitleRunes {
+		t = strings.TrimSpace(string(r[:TitleRunes]))
+	}
+	return t
 }
 
 // Roles of an event's author.

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"maps"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/agate-gw/agate"
@@ -18,9 +17,6 @@ import (
 
 // topicInbound is the outbox topic of accepted turns.
 const topicInbound = "conversation.inbound"
-
-// titleRunes is the length of a session title taken from its first message.
-const titleRunes = 80
 
 // acceptAttempts bounds how often Accept starts over after losing an idempotency-key race:
 // once is the rule; more only if the winner's session is deleted at once.
@@ -114,7 +110,7 @@ func (s *Store) accept(ctx context.Context, in agate.Inbound) (agate.Accepted, e
 	now := s.now()
 	var lock pgx.Batch
 	lock.Queue(qCreateSession, id, in.Tenant, in.PersonaID, in.Subject, now)
-	lock.Queue(qLockForAccept, id, in.Tenant, now, title(in.Message))
+	lock.Queue(qLockForAccept, id, in.Tenant, now, agate.Title(in.Message))
 
 	var acc agate.Accepted
 	err := s.inTx(ctx, &lock, func(br pgx.BatchResults, next *pgx.Batch) error {
@@ -397,12 +393,3 @@ func decodeEvent(payload []byte) (agate.Event, error) {
 // dedupeKey is the outbox dedupe key of the turn started by user event id; qDeleteTurns
 // builds the same.
 func dedupeKey(id uuid.UUID) string { return "turn:" + id.String() }
-
-// title makes a one-line session title of at most titleRunes runes from a message.
-func title(message string) string {
-	t := strings.Join(strings.Fields(message), " ")
-	if r := []rune(t); len(r) > titleRunes {
-		t = strings.TrimSpace(string(r[:titleRunes]))
-	}
-	return t
-}

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"maps"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/agate-gw/agate"
@@ -19,9 +18,6 @@ import (
 
 // topicInbound is the outbox topic of accepted turns.
 const topicInbound = "conversation.inbound"
-
-// titleRunes is the length of a session title taken from its first message.
-const titleRunes = 80
 
 // turnPayload is the outbox payload of an accepted turn.
 type turnPayload struct {
@@ -88,7 +84,7 @@ func (s *Store) accept(ctx context.Context, tx wtx, in agate.Inbound) (agate.Acc
 	if err != nil {
 		return agate.Accepted{}, err
 	}
-	if _, err := tx.exec(ctx, qAcceptedIntoSession, ev.Seq, nanos(now), title(in.Message), id.String()); err != nil {
+	if _, err := tx.exec(ctx, qAcceptedIntoSession, ev.Seq, nanos(now), agate.Title(in.Message), id.String()); err != nil {
 		return agate.Accepted{}, err
 	}
 
@@ -345,12 +341,3 @@ func decodeEvent(payload string) (agate.Event, error) {
 // dedupeKey is the outbox dedupe key of the turn started by user event id; qDeleteTurns
 // builds the same.
 func dedupeKey(id uuid.UUID) string { return "turn:" + id.String() }
-
-// title makes a one-line session title of at most titleRunes runes from a message.
-func title(message string) string {
-	t := strings.Join(strings.Fields(message), " ")
-	if r := []rune(t); len(r) > titleRunes {
-		t = strings.TrimSpace(string(r[:titleRunes]))
-	}
-	return t
-}
