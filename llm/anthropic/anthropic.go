@@ -16,7 +16,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"io"
 	"mime"
 	"net/http"
@@ -25,6 +24,7 @@ import (
 	"time"
 
 	"github.com/agate-gw/agate"
+	"github.com/agate-gw/agate/llm/internal/httpc"
 )
 
 // Defaults of Config.
@@ -112,12 +112,7 @@ func New(cfg Config) *Client {
 		c.idle = DefaultIdleTimeout
 	}
 	if c.hc == nil {
-		// The idle bound also covers the wait for the response headers: a provider that
-		// accepts the connection and never answers fails as a timeout, so the router can
-		// move on, instead of holding the request for the whole Timeout.
-		t := http.DefaultTransport.(*http.Transport).Clone()
-		t.ResponseHeaderTimeout = c.idle
-		c.hc = &http.Client{CheckRedirect: keepMethod, Transport: t}
+		c.hc = httpc.New(c.idle)
 	}
 	if c.timeout <= 0 {
 		c.timeout = DefaultTimeout
@@ -136,18 +131,6 @@ func New(cfg Config) *Client {
 	root.Path = p + "/v1/messages/count_tokens"
 	c.countURL = root.String()
 	return c
-}
-
-// keepMethod follows redirects that keep the request's method (307, 308) and stops at the
-// others, which would turn the POST into a GET without a body; statusError explains them.
-func keepMethod(req *http.Request, via []*http.Request) error {
-	if len(via) >= 10 {
-		return errors.New("stopped after 10 redirects")
-	}
-	if req.Method != via[0].Method {
-		return http.ErrUseLastResponse
-	}
-	return nil
 }
 
 // apiRoot returns base without the "/v1" or "/v1/messages" users paste.
