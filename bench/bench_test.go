@@ -15,38 +15,18 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
-	"time"
 
 	"github.com/agate-gw/agate"
 	"github.com/agate-gw/agate/authn"
 	"github.com/agate-gw/agate/httpapi"
 	"github.com/agate-gw/agate/inmem"
+	"github.com/agate-gw/agate/internal/cpubench"
 	"github.com/agate-gw/agate/sqlite"
 	"github.com/agate-gw/agate/turn"
 	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus"
 )
-
-// cpuTime returns the process's user+system CPU time so far.
-func cpuTime(b *testing.B) time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		b.Fatal(err)
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
-
-// measureCPU runs the benchmark loop and reports CPU µs per operation beside ns/op.
-func measureCPU(b *testing.B, loop func()) {
-	b.ReportAllocs()
-	b.ResetTimer()
-	before := cpuTime(b)
-	loop()
-	b.StopTimer()
-	b.ReportMetric(float64((cpuTime(b)-before).Microseconds())/float64(b.N), "cpu-µs/op")
-}
 
 type nopModel struct{}
 
@@ -81,7 +61,7 @@ func BenchmarkAcceptMessage(b *testing.B) {
 		}
 	}
 	b.Run("new-session", func(b *testing.B) {
-		measureCPU(b, func() {
+		cpubench.Measure(b, func() {
 			for b.Loop() {
 				post(`{"message":"What is the capital of France? Answer in one word."}`)
 			}
@@ -90,7 +70,7 @@ func BenchmarkAcceptMessage(b *testing.B) {
 	b.Run("existing-session", func(b *testing.B) {
 		id := uuid.New()
 		body := fmt.Sprintf(`{"session_id":%q,"message":"What is the capital of France? Answer in one word."}`, id)
-		measureCPU(b, func() {
+		cpubench.Measure(b, func() {
 			for b.Loop() {
 				post(body)
 			}
@@ -115,7 +95,7 @@ func BenchmarkFanOutChunkTo100Subscribers(b *testing.B) {
 		})
 	}
 	ev := agate.Event{SessionID: session, Seq: 7, Type: agate.TypeStream, Role: agate.RoleAssistant, Delta: " token", Message: "Hello token", Offset: 11}
-	measureCPU(b, func() {
+	cpubench.Measure(b, func() {
 		for b.Loop() {
 			received.Add(len(subs))
 			hub.Publish(ev)
@@ -189,7 +169,7 @@ func BenchmarkStreamChunkTo100SSEClients(b *testing.B) {
 	ev := agate.Event{SessionID: session, Seq: started[0].Seq, Type: agate.TypeStream, Role: agate.RoleAssistant, Version: agate.Version}
 	end := agate.Event{SessionID: session, Type: agate.TypeFinal, Role: agate.RoleAssistant, Version: agate.Version} // unstored
 	frames.Wait()
-	measureCPU(b, func() {
+	cpubench.Measure(b, func() {
 		for i := 0; b.Loop(); i++ {
 			if i%100 == 0 { // a new turn: clients' offsets start over
 				frames.Add(clients * 4)

@@ -15,6 +15,7 @@ import (
 	"github.com/agate-gw/agate/authn"
 	"github.com/agate-gw/agate/httpapi"
 	"github.com/agate-gw/agate/inmem"
+	"github.com/agate-gw/agate/internal/cpubench"
 	"github.com/agate-gw/agate/llm/openai"
 	"github.com/agate-gw/agate/llm/router"
 	"github.com/agate-gw/agate/sqlite"
@@ -56,7 +57,7 @@ func BenchmarkChatCompletionsIngress(b *testing.B) {
 		proxy := httptest.NewServer(httputil.NewSingleHostReverseProxy(target))
 		defer proxy.Close()
 		client := proxy.Client()
-		measureCPU(b, func() {
+		cpubench.Measure(b, func() {
 			for b.Loop() {
 				post(b, client, proxy.URL+"/v1/chat/completions")
 			}
@@ -84,7 +85,7 @@ func BenchmarkChatCompletionsIngress(b *testing.B) {
 		srv := httptest.NewServer(api)
 		defer srv.Close()
 		client := srv.Client()
-		measureCPU(b, func() {
+		cpubench.Measure(b, func() {
 			for b.Loop() {
 				post(b, client, srv.URL+"/v1/chat/completions")
 			}

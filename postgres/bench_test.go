@@ -8,10 +8,10 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 
 	"github.com/agate-gw/agate"
+	"github.com/agate-gw/agate/internal/cpubench"
 	"github.com/agate-gw/agate/postgres"
 )
 
@@ -38,7 +38,7 @@ func BenchmarkAccept(b *testing.B) {
 			}
 			b.ReportAllocs()
 			server := backendsCPU(b, s)
-			start := cpuTime(b)
+			start := cpubench.Time(b)
 			b.ResetTimer()
 			if bc.parallel {
 				b.RunParallel(func(pb *testing.PB) {
@@ -56,22 +56,12 @@ func BenchmarkAccept(b *testing.B) {
 					}
 				}
 			}
-			b.StopTimer()
-			b.ReportMetric(float64(cpuTime(b)-start)/1e3/float64(b.N), "cpu-µs/op")
+			cpubench.Report(b, start)
 			if used, ok := server(); ok {
 				b.ReportMetric(float64(used)/1e3/float64(b.N), "server-cpu-µs/op")
 			}
 		})
 	}
-}
-
-// cpuTime returns the user+sys CPU time the process used so far, in nanoseconds.
-func cpuTime(b *testing.B) int64 {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		b.Fatalf("getrusage: %v", err)
-	}
-	return ru.Utime.Nano() + ru.Stime.Nano()
 }
 
 // backendsCPU starts measuring the CPU time of the server processes serving s's database;

@@ -4,34 +4,14 @@ import (
 	"context"
 	"fmt"
 	"math"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/agate-gw/agate/inmem"
+	"github.com/agate-gw/agate/internal/cpubench"
 	"github.com/agate-gw/agate/redis"
 	"github.com/google/uuid"
 )
-
-// cpuTime returns the process's user+system CPU time so far (the client's; Redis's own
-// CPU is not counted).
-func cpuTime(b *testing.B) time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		b.Fatal(err)
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
-
-// measureCPU runs the benchmark loop and reports CPU µs per operation beside ns/op.
-func measureCPU(b *testing.B, loop func()) {
-	b.ReportAllocs()
-	b.ResetTimer()
-	before := cpuTime(b)
-	loop()
-	b.StopTimer()
-	b.ReportMetric(float64((cpuTime(b)-before).Microseconds())/float64(b.N), "cpu-µs/op")
-}
 
 // BenchmarkRedisAllow is one rate-limit decision through the Lua script (EVALSHA), on a
 // few keys, one request at a time and from many goroutines.
@@ -41,7 +21,7 @@ func BenchmarkRedisAllow(b *testing.B) {
 	lim := inmem.Limit{Rate: 1_000_000, Per: time.Second, Burst: 1000}
 	keys := []string{"tenant:a", "tenant:b", "key:c", "key:d"}
 	b.Run("serial", func(b *testing.B) {
-		measureCPU(b, func() {
+		cpubench.Measure(b, func() {
 			i := 0
 			for b.Loop() {
 				l.Allow(context.Background(), keys[i%len(keys)], lim)
@@ -50,7 +30,7 @@ func BenchmarkRedisAllow(b *testing.B) {
 		})
 	})
 	b.Run("parallel", func(b *testing.B) {
-		measureCPU(b, func() {
+		cpubench.Measure(b, func() {
 			b.RunParallel(func(pb *testing.PB) {
 				i := 0
 				for pb.Next() {
@@ -69,7 +49,7 @@ func BenchmarkRedisAllow(b *testing.B) {
 func BenchmarkInmemAllow(b *testing.B) {
 	l := inmem.NewLimiter(inmem.LimiterConfig{})
 	lim := inmem.Limit{Rate: 1_000_000, Per: time.Second, Burst: 1000}
-	measureCPU(b, func() {
+	cpubench.Measure(b, func() {
 		i := 0
 		for b.Loop() {
 			l.Allow(context.Background(), fmt.Sprint("key:", i%4), lim)
@@ -87,7 +67,7 @@ func BenchmarkCacheHit(b *testing.B) {
 	for i := range 40 {
 		s.turn(id, fmt.Sprintf("question %d, of a typical length for a chat message to a model", i))
 	}
-	measureCPU(b, func() {
+	cpubench.Measure(b, func() {
 		for b.Loop() {
 			if _, err := c.Messages(context.Background(), id, math.MaxInt64, 50); err != nil {
 				b.Fatal(err)

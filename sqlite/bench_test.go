@@ -4,10 +4,10 @@ package sqlite_test
 
 import (
 	"path/filepath"
-	"syscall"
 	"testing"
 
 	"github.com/agate-gw/agate"
+	"github.com/agate-gw/agate/internal/cpubench"
 )
 
 // BenchmarkAccept measures Accept into an existing session, serially and from parallel
@@ -30,7 +30,7 @@ func BenchmarkAccept(b *testing.B) {
 				Metadata: map[string]any{"client": "web"},
 			}
 			b.ReportAllocs()
-			start := cpuTime(b)
+			start := cpubench.Time(b)
 			b.ResetTimer()
 			if bc.parallel {
 				b.RunParallel(func(pb *testing.PB) {
@@ -48,17 +48,7 @@ func BenchmarkAccept(b *testing.B) {
 					}
 				}
 			}
-			b.StopTimer()
-			b.ReportMetric(float64(cpuTime(b)-start)/1e3/float64(b.N), "cpu-µs/op")
+			cpubench.Report(b, start)
 		})
 	}
-}
-
-// cpuTime returns the user+sys CPU time the process used so far, in nanoseconds.
-func cpuTime(b *testing.B) int64 {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		b.Fatalf("getrusage: %v", err)
-	}
-	return ru.Utime.Nano() + ru.Stime.Nano()
 }
