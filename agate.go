@@ -139,11 +139,45 @@ type Accepted struct {
 // Turn is one accepted user message waiting for, or being given, its reply.
 // ID is the event id of the user message that started it.
 type Turn struct {
-	ID        uuid.UUID
-	SessionID uuid.UUID
-	Tenant    string
-	PersonaID string
-	Seq       int64 // seq of the user message
+	ID        uuid.UUID `json:"turn_id"`
+	SessionID uuid.UUID `json:"session_id"`
+	Tenant    string    `json:"tenant"`
+	PersonaID string    `json:"persona_id,omitempty"`
+	Seq       int64     `json:"seq"` // seq of the user message
+}
+
+// Event-bus topics (DESIGN.md §5), before a deployment's prefix is applied.
+const (
+	TopicInbound  = "conversation.inbound"  // accepted turns: key session id, payload a Turn as JSON
+	TopicOutbound = "conversation.outbound" // stored events: key session id, payload the envelope
+)
+
+// HeaderOrigin names the bus record header that holds the id of the replica that wrote the
+// record, so that a replica can skip its own records when they come back.
+const HeaderOrigin = "origin"
+
+// OutboxRecord is a record of the transactional outbox: written in the same transaction as
+// the state it announces, then published to the event bus by the relay.
+type OutboxRecord struct {
+	ID      int64  // increasing in write order
+	Topic   string // unprefixed, e.g. TopicOutbound
+	Key     string // partition key: the session id
+	Payload []byte // JSON
+	Headers map[string]string
+}
+
+// DeadLetter is a bus record that a consumer could not handle, kept for inspection and
+// reprocessing.
+type DeadLetter struct {
+	ID        int64  // assigned by the store, increasing
+	Topic     string // the (full) topic it was consumed from
+	Partition int32
+	Offset    int64
+	Key       []byte
+	Payload   []byte // the raw record value; need not be valid JSON
+	Headers   map[string]string
+	Error     string
+	CreatedAt time.Time
 }
 
 // Message is one chat message sent to a model, in the canonical form every provider

@@ -15,9 +15,6 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// topicInbound is the outbox topic of accepted turns.
-const topicInbound = "conversation.inbound"
-
 // acceptAttempts bounds how often Accept starts over after losing an idempotency-key race:
 // once is the rule; more only if the winner's session is deleted at once.
 const acceptAttempts = 3
@@ -40,13 +37,14 @@ const (
 		WHERE id = $1 RETURNING last_seq, updated_at`
 	qInsertEvent = `INSERT INTO session_events (session_id, seq, event_id, type, role, payload, created_at)
 		VALUES ($1, $2, $3, $4, $5, $6, $7)`
-	qInsertTurn = `INSERT INTO outbox (topic, key, payload, status, dedupe_key, created_at)
-		VALUES ($1, $2, $3, 'pending', $4, $5)`
+	qInsertTurn = `INSERT INTO turns (id, session_id, tenant, persona_id, seq, status, created_at)
+		VALUES ($1, $2, $3, $4, $5, 'pending', $6)`
+	qInsertOutbox = `INSERT INTO outbox (topic, key, payload, headers) VALUES ($1, $2, $3, $4)`
 	// Without ON CONFLICT: a key taken by a concurrent Accept must fail the statement, so that
 	// the COMMIT queued after it is skipped.
 	qInsertIdempotencyKey = `INSERT INTO idempotency_keys (tenant, key, request_hash, session_id, event_id, created_at)
 		VALUES ($1, $2, $3, $4, $5, $6)`
-	qFinishTurn = `UPDATE outbox SET status = 'done' WHERE dedupe_key = $1 AND status = 'pending'`
+	qFinishTurn = `UPDATE turns SET status = 'done' WHERE id = $1 AND status = 'pending'`
 )
 
 // The names Postgres gives to session_events' UNIQUE (event_id) and to the primary key of
@@ -56,22 +54,14 @@ const (
 	idempotencyKeyConstraint = "idempotency_keys_pkey"
 )
 
-// turnPayload is the outbox payload of an accepted turn.
-type turnPayload struct {
-	ID        uuid.UUID `json:"turn_id"`
-	SessionID uuid.UUID `json:"session_id"`
-	Tenant    string    `json:"tenant"`
-	PersonaID string    `json:"persona_id,omitempty"`
-	Seq       int64     `json:"seq"`
-}
-
 // Accept stores a user message in one transaction, as turn.Log documents: it creates the
 // session when in.SessionID is uuid.Nil or unknown, appends the user.message event, records
-// the pending turn in the outbox and remembers the idempotency key. A session of another
-// tenant gives agate.ESessionNotFound; a known idempotency key gives the first outcome with
-// Duplicate set, or agate.EIdempotencyReuse if in.RequestHash differs, also when the first
-// request was being stored by a concurrent Accept. The first user message of a session
-// also becomes its title.
+// the pending turn, remembers the idempotency key and, with the bus enabled, writes the
+// outbox records of the event and the turn. A session of another tenant gives
+// agate.ESessionNotFound; a known idempotency key gives the first outcome with Duplicate
+// set, or agate.EIdempotencyReuse if in.RequestHash differs, also when the first request
+// was being stored by a concurrent Accept. The first user message of a session also
+// becomes its title.
 func (s *Store) Accept(ctx context.Context, in agate.Inbound) (agate.Accepted, error) {
 	if in.Tenant == "" {
 		return agate.Accepted{}, fmt.Errorf("postgres accept: %w", agate.Errorf(agate.EInvalid, "A tenant is required."))
@@ -149,12 +139,16 @@ func (s *Store) accept(ctx context.Context, in agate.Inbound) (agate.Accepted, e
 			return err
 		}
 		t := agate.Turn{ID: ev.EventID, SessionID: id, Tenant: in.Tenant, PersonaID: in.PersonaID, Seq: ev.Seq}
-		turn, err := json.Marshal(turnPayload(t))
-		if err != nil {
-			return err
-		}
 		next.Queue(qInsertEvent, id, ev.Seq, ev.EventID, ev.Type, ev.Role, payload, ev.CreatedAt)
-		next.Queue(qInsertTurn, topicInbound, id.String(), turn, dedupeKey(t.ID), ev.CreatedAt)
+		next.Queue(qInsertTurn, t.ID, id, t.Tenant, t.PersonaID, t.Seq, ev.CreatedAt)
+		if s.bus {
+			turn, err := json.Marshal(t)
+			if err != nil {
+				return err
+			}
+			next.Queue(qInsertOutbox, agate.TopicOutbound, id.String(), payload, s.headers)
+			next.Queue(qInsertOutbox, agate.TopicInbound, id.String(), turn, s.headers)
+		}
 		if in.IdempotencyKey != "" {
 			next.Queue(qInsertIdempotencyKey, in.Tenant, in.IdempotencyKey, in.RequestHash, id, ev.EventID, ev.CreatedAt)
 		}
@@ -198,10 +192,10 @@ func (s *Store) acceptedBefore(ctx context.Context, in agate.Inbound) (acc agate
 // documents, and returns them as stored: Seq, CreatedAt and Version set, EventID set if it
 // was nil, Metadata never nil, Offset zero. The events of one call share their session's
 // new updated_at as CreatedAt. If done is not nil and one of the events is terminal,
-// done's outbox row is marked "done". Nothing is stored if any event is refused: an
-// ephemeral or empty type, a metadata value JSON cannot encode or text Postgres cannot
-// keep (agate.EInvalid), an unknown session (agate.ESessionNotFound), an event id stored
-// already (agate.EInvalid).
+// done is marked finished. With the bus enabled every stored event also goes to the outbox.
+// Nothing is stored if any event is refused: an ephemeral or empty type, a metadata value
+// JSON cannot encode or text Postgres cannot keep (agate.EInvalid), an unknown session
+// (agate.ESessionNotFound), an event id stored already (agate.EInvalid).
 func (s *Store) Append(ctx context.Context, done *agate.Turn, events ...agate.Event) ([]agate.Event, error) {
 	for _, ev := range events {
 		if ev.Type == "" {
@@ -266,6 +260,9 @@ func (s *Store) Append(ctx context.Context, done *agate.Turn, events ...agate.Ev
 				return err
 			}
 			next.Queue(qInsertEvent, ev.SessionID, ev.Seq, ev.EventID, ev.Type, ev.Role, payload, ev.CreatedAt)
+			if s.bus {
+				next.Queue(qInsertOutbox, agate.TopicOutbound, ev.SessionID.String(), payload, s.headers)
+			}
 			saved, err := decodeEvent(payload)
 			if err != nil {
 				return err
@@ -274,7 +271,7 @@ func (s *Store) Append(ctx context.Context, done *agate.Turn, events ...agate.Ev
 			finished = finished || (done != nil && agate.Terminal(ev.Type))
 		}
 		if finished {
-			next.Queue(qFinishTurn, dedupeKey(done.ID))
+			next.Queue(qFinishTurn, done.ID)
 		}
 		return nil
 	})
@@ -342,23 +339,19 @@ func (s *Store) queryEvents(ctx context.Context, limit int, query string, args .
 	return evs, nil
 }
 
-// Pending returns the turns whose outbox row is still pending, in acceptance order.
+// Pending returns the turns that are not finished, in acceptance order.
 func (s *Store) Pending(ctx context.Context) ([]agate.Turn, error) {
 	turns := []agate.Turn{}
 	err := s.retryStale(ctx, func() error {
 		turns = turns[:0]
-		rows, err := s.pool.Query(ctx, `SELECT payload FROM outbox
-			WHERE topic = $1 AND status = 'pending' ORDER BY id`, topicInbound)
+		rows, err := s.pool.Query(ctx, `SELECT id, session_id, tenant, persona_id, seq FROM turns
+			WHERE status = 'pending' ORDER BY created_at, seq, id`)
 		if err != nil {
 			return err
 		}
-		var payload []byte
-		_, err = pgx.ForEachRow(rows, []any{&payload}, func() error {
-			var t turnPayload
-			if err := json.Unmarshal(payload, &t); err != nil {
-				return fmt.Errorf("outbox payload: %w", err)
-			}
-			turns = append(turns, agate.Turn(t))
+		var t agate.Turn
+		_, err = pgx.ForEachRow(rows, []any{&t.ID, &t.SessionID, &t.Tenant, &t.PersonaID, &t.Seq}, func() error {
+			turns = append(turns, t)
 			return nil
 		})
 		return err
@@ -367,6 +360,22 @@ func (s *Store) Pending(ctx context.Context) ([]agate.Turn, error) {
 		return nil, storeErr(ctx, "pending", err)
 	}
 	return turns, nil
+}
+
+// Finished reports whether the turn id is finished: its terminal event is stored, or there
+// is no such turn (any more).
+func (s *Store) Finished(ctx context.Context, id uuid.UUID) (bool, error) {
+	var done bool
+	err := s.retryStale(ctx, func() error {
+		return s.pool.QueryRow(ctx, `SELECT status = 'done' FROM turns WHERE id = $1`, id).Scan(&done)
+	})
+	if errors.Is(err, pgx.ErrNoRows) {
+		return true, nil
+	}
+	if err != nil {
+		return false, storeErr(ctx, "finished", err)
+	}
+	return done, nil
 }
 
 // encodeEvent returns ev's payload: the sa01-v1 envelope as JSON.
@@ -389,7 +398,3 @@ func decodeEvent(payload []byte) (agate.Event, error) {
 	}
 	return ev, nil
 }
-
-// dedupeKey is the outbox dedupe key of the turn started by user event id; qDeleteTurns
-// builds the same.
-func dedupeKey(id uuid.UUID) string { return "turn:" + id.String() }

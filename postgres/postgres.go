@@ -1,6 +1,7 @@
-// Package postgres is the production store of Agate: sessions, their event logs, pending
-// turns and idempotency keys in PostgreSQL, through pgx/v5. It keeps the same contract as
-// the embedded sqlite store and passes the same conformance suite (turntest).
+// Package postgres is the production store of Agate: sessions, their event logs, turns,
+// idempotency keys, the outbox of the event bus and its dead letters in PostgreSQL, through
+// pgx/v5. It keeps the same contract as the embedded sqlite store and passes the same
+// conformance suite (turntest).
 //
 // Several gateway processes may share one database. A write transaction takes the row lock
 // of each session it writes to by incrementing sessions.last_seq (UPDATE … RETURNING), so
@@ -44,6 +45,12 @@ type Config struct {
 	// ConnectTimeout is the longest opening a connection may take. When zero: the DSN's
 	// connect_timeout, else 5s.
 	ConnectTimeout time.Duration
+	// Bus makes Accept and Append write the records of the event bus to the outbox, in their
+	// transaction (see turn.Outbox). Default false: nothing is written to the outbox.
+	Bus bool
+	// Origin, when not empty, is the agate.HeaderOrigin header of every outbox record: the
+	// id of this replica.
+	Origin string
 }
 
 func (c Config) withDefaults() Config {
@@ -66,6 +73,9 @@ func (c Config) withDefaults() Config {
 // statement timeout, server shutting down…). Context errors are returned as they are.
 type Store struct {
 	pool *pgxpool.Pool
+
+	bus     bool   // Config.Bus
+	headers string // the headers of outbox records, as JSON
 
 	mu   sync.Mutex
 	last time.Time // latest time handed out by now
@@ -94,7 +104,7 @@ func Open(ctx context.Context, dsn string, cfg Config) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("postgres open: %w", err)
 	}
-	return &Store{pool: pool}, nil
+	return &Store{pool: pool, bus: cfg.Bus, headers: outboxHeaders(cfg.Origin)}, nil
 }
 
 // Migrate connects to the database at dsn, brings its schema up to date and disconnects,

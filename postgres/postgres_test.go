@@ -118,8 +118,8 @@ func open(t testing.TB, dsn string, cfg postgres.Config) *postgres.Store {
 func TestStore(t *testing.T) {
 	t.Parallel()
 	serverDSN(t)
-	turntest.RunStoreTests(t, func(t *testing.T) turn.Store {
-		return open(t, freshDatabase(t), postgres.Config{MaxConns: 8})
+	turntest.RunStoreTests(t, func(t *testing.T, o turntest.Options) turn.Store {
+		return open(t, freshDatabase(t), postgres.Config{MaxConns: 8, Bus: o.Bus, Origin: o.Origin})
 	})
 }
 

@@ -68,29 +68,22 @@ func (s *Store) Sessions(ctx context.Context, tenant string, after uuid.UUID, li
 	return list, nil
 }
 
-// DeleteSession removes the tenant's session id with its events, its idempotency keys and
-// the outbox rows of its turns, pending or done (they carry its messages). It returns an
-// error with code agate.ESessionNotFound if the tenant has no such session.
+// DeleteSession removes the tenant's session id with its events, its turns and its
+// idempotency keys; its outbox records stay, to be sent. It returns an error with code
+// agate.ESessionNotFound if the tenant has no such session.
 func (s *Store) DeleteSession(ctx context.Context, tenant string, id uuid.UUID) error {
-	// The row lock first: it waits for writers of the session, and none can add a turn until
-	// this commits, so the turns deleted next are all of them.
-	var lock pgx.Batch
-	lock.Queue(`SELECT 1 FROM sessions WHERE id = $1 AND tenant = $2 FOR UPDATE`, id, tenant)
-	err := s.inTx(ctx, &lock, func(br pgx.BatchResults, next *pgx.Batch) error {
-		var one int
-		err := br.QueryRow().Scan(&one)
-		if errors.Is(err, pgx.ErrNoRows) {
-			return sessionNotFound(id)
-		}
+	// The delete waits for writers of the session (its row lock); its events, turns and
+	// idempotency keys go with it (ON DELETE CASCADE).
+	var del pgx.Batch
+	del.Queue(`DELETE FROM sessions WHERE id = $1 AND tenant = $2`, id, tenant)
+	err := s.inTx(ctx, &del, func(br pgx.BatchResults, _ *pgx.Batch) error {
+		tag, err := br.Exec()
 		if err != nil {
 			return err
 		}
-		// Turns are found through the session's user messages; its events and idempotency
-		// keys go with the session (ON DELETE CASCADE).
-		next.Queue(`DELETE FROM outbox WHERE dedupe_key IN
-			(SELECT 'turn:' || event_id FROM session_events WHERE session_id = $1 AND type = $2)`,
-			id, agate.TypeUserMessage)
-		next.Queue(`DELETE FROM sessions WHERE id = $1`, id)
+		if tag.RowsAffected() == 0 {
+			return sessionNotFound(id)
+		}
 		return nil
 	})
 	if err != nil {

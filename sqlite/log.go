@@ -16,24 +16,13 @@ import (
 	sqlite3 "modernc.org/sqlite/lib"
 )
 
-// topicInbound is the outbox topic of accepted turns.
-const topicInbound = "conversation.inbound"
-
-// turnPayload is the outbox payload of an accepted turn.
-type turnPayload struct {
-	ID        uuid.UUID `json:"turn_id"`
-	SessionID uuid.UUID `json:"session_id"`
-	Tenant    string    `json:"tenant"`
-	PersonaID string    `json:"persona_id,omitempty"`
-	Seq       int64     `json:"seq"`
-}
-
 // Accept stores a user message in one transaction, as turn.Log documents: it creates the
 // session when in.SessionID is uuid.Nil or unknown, appends the user.message event, records
-// the pending turn in the outbox and remembers the idempotency key. A session of another
-// tenant gives agate.ESessionNotFound; a known idempotency key gives the first outcome with
-// Duplicate set, or agate.EIdempotencyReuse if in.RequestHash differs. The first user
-// message of a session also becomes its title.
+// the pending turn, remembers the idempotency key and, with the bus enabled, writes the
+// outbox records of the event and the turn. A session of another tenant gives
+// agate.ESessionNotFound; a known idempotency key gives the first outcome with Duplicate
+// set, or agate.EIdempotencyReuse if in.RequestHash differs. The first user message of a
+// session also becomes its title.
 func (s *Store) Accept(ctx context.Context, in agate.Inbound) (agate.Accepted, error) {
 	if in.Tenant == "" {
 		return agate.Accepted{}, fmt.Errorf("sqlite accept: %w", agate.Errorf(agate.EInvalid, "A tenant is required."))
@@ -69,7 +58,7 @@ func (s *Store) accept(ctx context.Context, tx wtx, in agate.Inbound) (agate.Acc
 	if len(in.Attachments) > 0 {
 		meta["attachments"] = in.Attachments
 	}
-	ev, err := insertEvent(ctx, tx, agate.Event{
+	ev, payload, err := insertEvent(ctx, tx, agate.Event{
 		EventID:   uuid.New(),
 		Seq:       lastSeq + 1,
 		SessionID: id,
@@ -89,13 +78,21 @@ func (s *Store) accept(ctx context.Context, tx wtx, in agate.Inbound) (agate.Acc
 	}
 
 	t := agate.Turn{ID: ev.EventID, SessionID: id, Tenant: in.Tenant, PersonaID: in.PersonaID, Seq: ev.Seq}
-	payload, err := json.Marshal(turnPayload(t))
-	if err != nil {
-		return agate.Accepted{}, err
-	}
-	if _, err := tx.exec(ctx, qInsertTurn, topicInbound, id.String(), string(payload), dedupeKey(t.ID),
+	if _, err := tx.exec(ctx, qInsertTurn, t.ID.String(), id.String(), t.Tenant, t.PersonaID, t.Seq,
 		nanos(now)); err != nil {
 		return agate.Accepted{}, err
+	}
+	if s.bus {
+		turn, err := json.Marshal(t)
+		if err != nil {
+			return agate.Accepted{}, err
+		}
+		if err := s.toOutbox(ctx, tx, agate.TopicOutbound, id, payload, now); err != nil {
+			return agate.Accepted{}, err
+		}
+		if err := s.toOutbox(ctx, tx, agate.TopicInbound, id, string(turn), now); err != nil {
+			return agate.Accepted{}, err
+		}
 	}
 
 	if in.IdempotencyKey != "" {
@@ -159,9 +156,10 @@ func lastSeqForAccept(ctx context.Context, tx wtx, in agate.Inbound, id *uuid.UU
 // Append stores events at the end of their sessions' logs in one transaction, as turn.Log
 // documents, and returns them as stored: Seq, CreatedAt and Version set, EventID set if it
 // was nil, Metadata never nil, Offset zero. If done is not nil and one of the events is
-// terminal, done's outbox row is marked "done". Nothing is stored if any event is refused:
-// an ephemeral or empty type or a metadata value JSON cannot encode (agate.EInvalid), an
-// unknown session (agate.ESessionNotFound), an event id stored already (agate.EInvalid).
+// terminal, done is marked finished. With the bus enabled every stored event also goes to
+// the outbox. Nothing is stored if any event is refused: an ephemeral or empty type or a
+// metadata value JSON cannot encode (agate.EInvalid), an unknown session
+// (agate.ESessionNotFound), an event id stored already (agate.EInvalid).
 func (s *Store) Append(ctx context.Context, done *agate.Turn, events ...agate.Event) ([]agate.Event, error) {
 	for _, ev := range events {
 		if ev.Type == "" {
@@ -206,9 +204,14 @@ func (s *Store) Append(ctx context.Context, done *agate.Turn, events ...agate.Ev
 			if ev.Metadata == nil {
 				ev.Metadata = map[string]any{}
 			}
-			saved, err := insertEvent(ctx, tx, ev)
+			saved, payload, err := insertEvent(ctx, tx, ev)
 			if err != nil {
 				return err
+			}
+			if s.bus {
+				if err := s.toOutbox(ctx, tx, agate.TopicOutbound, ev.SessionID, payload, ev.CreatedAt); err != nil {
+					return err
+				}
 			}
 			stored = append(stored, saved)
 			finished = finished || (done != nil && agate.Terminal(ev.Type))
@@ -219,7 +222,7 @@ func (s *Store) Append(ctx context.Context, done *agate.Turn, events ...agate.Ev
 			}
 		}
 		if finished {
-			if _, err := tx.exec(ctx, qFinishTurn, dedupeKey(done.ID)); err != nil {
+			if _, err := tx.exec(ctx, qFinishTurn, done.ID.String()); err != nil {
 				return err
 			}
 		}
@@ -232,22 +235,24 @@ func (s *Store) Append(ctx context.Context, done *agate.Turn, events ...agate.Ev
 }
 
 // insertEvent stores ev and returns it as it reads back (metadata decoded from JSON), so
-// that a writer sees exactly what readers will.
-func insertEvent(ctx context.Context, tx wtx, ev agate.Event) (agate.Event, error) {
-	payload, err := json.Marshal(ev)
+// that a writer sees exactly what readers will, and its stored payload.
+func insertEvent(ctx context.Context, tx wtx, ev agate.Event) (agate.Event, string, error) {
+	b, err := json.Marshal(ev)
 	if err != nil {
-		return agate.Event{}, agate.Wrap(agate.EInvalid, err, "The event metadata cannot be encoded as JSON.")
+		return agate.Event{}, "", agate.Wrap(agate.EInvalid, err, "The event metadata cannot be encoded as JSON.")
 	}
+	payload := string(b)
 	_, err = tx.exec(ctx, qInsertEvent, ev.SessionID.String(), ev.Seq, ev.EventID.String(), ev.Type, ev.Role,
-		string(payload), nanos(ev.CreatedAt))
+		payload, nanos(ev.CreatedAt))
 	var se *sqlite.Error
 	if errors.As(err, &se) && se.Code() == sqlite3.SQLITE_CONSTRAINT_UNIQUE {
-		return agate.Event{}, agate.Errorf(agate.EInvalid, "Event %s is stored already.", ev.EventID)
+		return agate.Event{}, "", agate.Errorf(agate.EInvalid, "Event %s is stored already.", ev.EventID)
 	}
 	if err != nil {
-		return agate.Event{}, err
+		return agate.Event{}, "", err
 	}
-	return decodeEvent(string(payload))
+	saved, err := decodeEvent(payload)
+	return saved, payload, err
 }
 
 // Events returns up to limit events of the session with Seq > after, in order. An unknown
@@ -301,30 +306,47 @@ func (s *Store) queryEvents(ctx context.Context, limit int, query string, args .
 	return evs, rows.Err()
 }
 
-// Pending returns the turns whose outbox row is still pending, in acceptance order.
+// Pending returns the turns that are not finished, in acceptance order.
 func (s *Store) Pending(ctx context.Context) ([]agate.Turn, error) {
-	rows, err := s.read.QueryContext(ctx, `SELECT payload FROM outbox
-		WHERE topic = ? AND status = 'pending' ORDER BY id`, topicInbound)
+	rows, err := s.read.QueryContext(ctx, `SELECT id, session_id, tenant, persona_id, seq FROM turns
+		WHERE status = 'pending' ORDER BY created_at, seq, id`)
 	if err != nil {
 		return nil, storeErr("pending", err)
 	}
 	defer rows.Close()
 	turns := []agate.Turn{}
 	for rows.Next() {
-		var payload string
-		if err := rows.Scan(&payload); err != nil {
+		var t agate.Turn
+		var id, session string
+		if err := rows.Scan(&id, &session, &t.Tenant, &t.PersonaID, &t.Seq); err != nil {
 			return nil, storeErr("pending", err)
 		}
-		var t turnPayload
-		if err := json.Unmarshal([]byte(payload), &t); err != nil {
-			return nil, storeErr("pending", fmt.Errorf("outbox payload: %w", err))
+		if t.ID, err = uuid.Parse(id); err != nil {
+			return nil, storeErr("pending", fmt.Errorf("turn id %q: %w", id, err))
 		}
-		turns = append(turns, agate.Turn(t))
+		if t.SessionID, err = uuid.Parse(session); err != nil {
+			return nil, storeErr("pending", fmt.Errorf("turn %s session id %q: %w", id, session, err))
+		}
+		turns = append(turns, t)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, storeErr("pending", err)
 	}
 	return turns, nil
+}
+
+// Finished reports whether the turn id is finished: its terminal event is stored, or there
+// is no such turn (any more).
+func (s *Store) Finished(ctx context.Context, id uuid.UUID) (bool, error) {
+	var status string
+	err := s.read.QueryRowContext(ctx, `SELECT status FROM turns WHERE id = ?`, id.String()).Scan(&status)
+	if errors.Is(err, sql.ErrNoRows) {
+		return true, nil
+	}
+	if err != nil {
+		return false, storeErr("finished", err)
+	}
+	return status == "done", nil
 }
 
 func decodeEvent(payload string) (agate.Event, error) {
@@ -337,7 +359,3 @@ func decodeEvent(payload string) (agate.Event, error) {
 	}
 	return ev, nil
 }
-
-// dedupeKey is the outbox dedupe key of the turn started by user event id; qDeleteTurns
-// builds the same.
-func dedupeKey(id uuid.UUID) string { return "turn:" + id.String() }

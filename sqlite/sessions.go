@@ -62,16 +62,11 @@ func (s *Store) Sessions(ctx context.Context, tenant string, after uuid.UUID, li
 	return list, nil
 }
 
-// DeleteSession removes the tenant's session id with its events, its idempotency keys and
-// the outbox rows of its turns, pending or done (they carry its messages). It
-// returns an error with code agate.ESessionNotFound if the tenant has no such session.
+// DeleteSession removes the tenant's session id with its events, its turns and its
+// idempotency keys; its outbox records stay, to be sent. It returns an error with code
+// agate.ESessionNotFound if the tenant has no such session.
 func (s *Store) DeleteSession(ctx context.Context, tenant string, id uuid.UUID) error {
 	err := s.inTx(ctx, func(tx wtx) error {
-		// Turns first, found through the session's user messages; then the session, with
-		// which its events and idempotency keys go (ON DELETE CASCADE).
-		if _, err := tx.exec(ctx, qDeleteTurns, id.String(), agate.TypeUserMessage, tenant); err != nil {
-			return err
-		}
 		res, err := tx.exec(ctx, qDeleteSession, id.String(), tenant)
 		if err != nil {
 			return err

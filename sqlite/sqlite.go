@@ -1,5 +1,6 @@
-// Package sqlite is the embedded store of Agate: sessions, their event logs, pending turns and
-// idempotency keys in one SQLite file, through the pure-Go driver modernc.org/sqlite.
+// Package sqlite is the embedded store of Agate: sessions, their event logs, turns, idempotency
+// keys, the outbox of the event bus and its dead letters in one SQLite file, through the
+// pure-Go driver modernc.org/sqlite.
 //
 // Every write runs in a BEGIN IMMEDIATE transaction on a single dedicated connection, so
 // concurrent writers in the process queue in Go instead of failing with SQLITE_BUSY, and
@@ -41,6 +42,12 @@ type Config struct {
 	// of the process but not of the machine. Default false: every commit is on disk
 	// (synchronous=FULL) before it returns, so an acknowledged message is never lost.
 	Relaxed bool
+	// Bus makes Accept and Append write the records of the event bus to the outbox, in their
+	// transaction (see turn.Outbox). Default false: nothing is written to the outbox.
+	Bus bool
+	// Origin, when not empty, is the agate.HeaderOrigin header of every outbox record: the
+	// id of this replica.
+	Origin string
 }
 
 func (c Config) withDefaults() Config {
@@ -63,6 +70,9 @@ type Store struct {
 	write *sql.DB              // exactly one connection; every write transaction runs on it
 	stmts map[string]*sql.Stmt // prepared on write, by query; read-only after Open
 	read  *sql.DB              // query-only pool
+
+	bus     bool   // Config.Bus
+	headers string // the headers of outbox records, as JSON
 
 	mu   sync.Mutex
 	last time.Time // latest time handed out by now
@@ -122,7 +132,7 @@ func Open(ctx context.Context, path string, cfg Config) (*Store, error) {
 	if err := read.PingContext(ctx); err != nil {
 		return nil, errors.Join(fmt.Errorf("sqlite open %s: %w", path, err), read.Close(), write.Close())
 	}
-	return &Store{write: write, stmts: stmts, read: read}, nil
+	return &Store{write: write, stmts: stmts, read: read, bus: cfg.Bus, headers: outboxHeaders(cfg.Origin)}, nil
 }
 
 // dsn returns a file: URI for the database at the absolute path abs, so that any character

@@ -15,10 +15,16 @@ import (
 
 var _ turn.Store = (*sqlite.Store)(nil)
 
-// open opens a store in a new file under t's temporary directory and closes it at cleanup.
+// open opens a store in the file at path and closes it at cleanup.
 func open(t testing.TB, path string) *sqlite.Store {
 	t.Helper()
-	s, err := sqlite.Open(t.Context(), path, sqlite.Config{})
+	return openConfig(t, path, sqlite.Config{})
+}
+
+// openConfig opens a store with cfg in the file at path and closes it at cleanup.
+func openConfig(t testing.TB, path string, cfg sqlite.Config) *sqlite.Store {
+	t.Helper()
+	s, err := sqlite.Open(t.Context(), path, cfg)
 	if err != nil {
 		t.Fatalf("Open: %v", err)
 	}
@@ -31,8 +37,8 @@ func open(t testing.TB, path string) *sqlite.Store {
 }
 
 func TestStore(t *testing.T) {
-	turntest.RunStoreTests(t, func(t *testing.T) turn.Store {
-		return open(t, filepath.Join(t.TempDir(), "agate.db"))
+	turntest.RunStoreTests(t, func(t *testing.T, o turntest.Options) turn.Store {
+		return openConfig(t, filepath.Join(t.TempDir(), "agate.db"), sqlite.Config{Bus: o.Bus, Origin: o.Origin})
 	})
 }
 

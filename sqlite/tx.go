@@ -18,28 +18,36 @@ const (
 		VALUES (?, ?, ?, ?, ?, ?)`
 	qInsertEvent = `INSERT INTO session_events (session_id, seq, event_id, type, role, payload, created_at)
 		VALUES (?, ?, ?, ?, ?, ?, ?)`
-	qInsertTurn = `INSERT INTO outbox (topic, key, payload, status, dedupe_key, created_at)
-		VALUES (?, ?, ?, 'pending', ?, ?)`
+	qInsertTurn = `INSERT INTO turns (id, session_id, tenant, persona_id, seq, status, created_at)
+		VALUES (?, ?, ?, ?, ?, 'pending', ?)`
+	qInsertOutbox         = `INSERT INTO outbox (topic, key, payload, headers, created_at) VALUES (?, ?, ?, ?, ?)`
 	qInsertIdempotencyKey = `INSERT INTO idempotency_keys (tenant, key, request_hash, session_id, event_id, created_at)
 		VALUES (?, ?, ?, ?, ?, ?)`
-	qFinishTurn        = `UPDATE outbox SET status = 'done' WHERE dedupe_key = ? AND status = 'pending'`
+	qFinishTurn        = `UPDATE turns SET status = 'done' WHERE id = ? AND status = 'pending'`
 	qAppendedToSession = `UPDATE sessions SET last_seq = ?, updated_at = ? WHERE id = ?`
 	// The title is set by the first message that has one.
 	qAcceptedIntoSession = `UPDATE sessions SET last_seq = ?, updated_at = ?,
 		title = CASE WHEN title = '' THEN ? ELSE title END WHERE id = ?`
-	// Turns are found through the session's user messages, if the session is the tenant's.
-	qDeleteTurns = `DELETE FROM outbox WHERE dedupe_key IN
-		(SELECT 'turn:' || event_id FROM session_events WHERE session_id = ?1 AND type = ?2
-		 AND EXISTS (SELECT 1 FROM sessions WHERE id = ?1 AND tenant = ?3))`
+	// Its events, turns and idempotency keys go with the session (ON DELETE CASCADE).
 	qDeleteSession = `DELETE FROM sessions WHERE id = ? AND tenant = ?`
+	// The lease is taken when it is free or expired, renewed when the holder has it; a row
+	// comes back only then.
+	qLease = `INSERT INTO leases (name, holder, expires_at) VALUES (?1, ?2, ?3)
+		ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
+		WHERE leases.holder = excluded.holder OR leases.expires_at < ?4
+		RETURNING holder`
+	// ids is a JSON array: one statement whatever their number.
+	qMarkSent      = `DELETE FROM outbox WHERE id IN (SELECT value FROM json_each(?))`
+	qAddDeadLetter = `INSERT INTO dlq (topic, partition, "offset", key, payload, headers, error, created_at)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (topic, partition, "offset") DO NOTHING`
 )
 
 func prepareWrites(ctx context.Context, db *sql.DB) (map[string]*sql.Stmt, error) {
 	stmts := map[string]*sql.Stmt{}
 	for _, q := range []string{
 		qIdempotencyKey, qEventByID, qSessionTenantSeq, qSessionSeq, qInsertSession, qInsertEvent,
-		qInsertTurn, qInsertIdempotencyKey, qFinishTurn, qAppendedToSession, qAcceptedIntoSession,
-		qDeleteTurns, qDeleteSession,
+		qInsertTurn, qInsertOutbox, qInsertIdempotencyKey, qFinishTurn, qAppendedToSession,
+		qAcceptedIntoSession, qDeleteSession, qLease, qMarkSent, qAddDeadLetter,
 	} {
 		st, err := db.PrepareContext(ctx, q)
 		if err != nil {

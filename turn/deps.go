@@ -2,6 +2,7 @@ package turn
 
 import (
 	"context"
+	"time"
 
 	"github.com/agate-gw/agate"
 	"github.com/google/uuid"
@@ -52,6 +53,39 @@ type History interface {
 type Queue interface {
 	// Pending returns unfinished turns in acceptance order.
 	Pending(ctx context.Context) ([]agate.Turn, error)
+	// Finished reports whether the turn no longer needs to run: its terminal event is
+	// stored, or neither it nor its session exists (deleted). A turn delivered twice by the
+	// event bus is skipped with it.
+	Finished(ctx context.Context, id uuid.UUID) (bool, error)
+}
+
+// Outbox is the transactional outbox (DESIGN.md §5). A store opened with its bus enabled
+// writes, in the transaction of the state they announce: for Accept, an agate.TopicOutbound
+// record of the user event and then an agate.TopicInbound record of the turn (payload the
+// agate.Turn as JSON); for Append, an agate.TopicOutbound record of every stored event
+// (payload the stored envelope, as Events returns it). Keys are session ids; headers hold
+// agate.HeaderOrigin when the store was given an origin. With the bus disabled nothing is
+// written to the outbox. Deleting a session leaves its outbox records.
+type Outbox interface {
+	// LeaseOutbox makes holder the outbox relay until ttl from now, unless another holder's
+	// lease is still live; it reports whether holder holds the lease. The holder renews it
+	// by calling again before it expires.
+	LeaseOutbox(ctx context.Context, holder string, ttl time.Duration) (bool, error)
+	// Unsent returns up to limit records not marked sent, in write order (ID ascending).
+	Unsent(ctx context.Context, limit int) ([]agate.OutboxRecord, error)
+	// MarkSent marks the records sent (removes them): Unsent never returns them again.
+	// Unknown ids are ignored.
+	MarkSent(ctx context.Context, ids ...int64) error
+}
+
+// DeadLetters keeps bus records that consumers could not handle (the dlq table).
+type DeadLetters interface {
+	// AddDeadLetter stores d, assigning ID and CreatedAt. Storing the same (Topic,
+	// Partition, Offset) again stores nothing and returns nil.
+	AddDeadLetter(ctx context.Context, d agate.DeadLetter) error
+	// DeadLetters returns up to limit dead letters of topic ("": of every topic) with
+	// ID > after, oldest first.
+	DeadLetters(ctx context.Context, topic string, after int64, limit int) ([]agate.DeadLetter, error)
 }
 
 // Store is all of the persistence a gateway needs; sqlite and postgres implement it and
@@ -61,6 +95,8 @@ type Store interface {
 	Log
 	History
 	Queue
+	Outbox
+	DeadLetters
 	Ping(ctx context.Context) error
 	Close() error
 }

@@ -19,36 +19,57 @@ import (
 	"github.com/google/uuid"
 )
 
+// Options are what a test needs of the store it opens.
+type Options struct {
+	// Bus enables the event bus: Accept and Append write outbox records (turn.Outbox).
+	Bus bool
+	// Origin, when not empty, is the id of the replica that its outbox records name in
+	// their agate.HeaderOrigin header.
+	Origin string
+}
+
 // RunStoreTests checks that the stores made by open keep the contract of turn.Store. Each
-// call of open must return a new, empty store and register its Close with t.Cleanup; Close
-// must tolerate being called again, since one test closes the store itself.
-func RunStoreTests(t *testing.T, open func(t *testing.T) turn.Store) {
+// call of open must return a new, empty store configured as o says and register its Close
+// with t.Cleanup; Close must tolerate being called again, since one test closes the store
+// itself.
+func RunStoreTests(t *testing.T, open func(t *testing.T, o Options) turn.Store) {
+	bus := Options{Bus: true}
 	tests := []struct {
 		name string
+		opts Options
 		run  func(t *testing.T, s turn.Store)
 	}{
-		{"AcceptCreatesSessionAndPersistsMessage", testAcceptCreatesSession},
-		{"AcceptIntoExistingSession", testAcceptIntoExistingSession},
-		{"AcceptWithUnknownSessionIDCreatesIt", testAcceptWithUnknownSessionID},
-		{"SessionTitleComesFromFirstMessage", testSessionTitle},
-		{"IdempotentRetryReturnsSameIDs", testIdempotentRetry},
-		{"IdempotencyKeyReusedWithDifferentBodyConflicts", testIdempotencyKeyReused},
-		{"ConcurrentIdempotentRetriesStoreOnce", testConcurrentIdempotentRetries},
-		{"AppendAssignsSeqAndDefaults", testAppendAssigns},
-		{"ConcurrentAppendsKeepSeqGapFree", testConcurrentAppends},
-		{"TenantIsolation", testTenantIsolation},
-		{"EventsPaging", testEventsPaging},
-		{"MessagesReturnsConversationWindow", testMessagesWindow},
-		{"PendingTurnsUntilTerminalAppended", testPendingTurns},
-		{"DeleteRemovesEverything", testDeleteRemovesEverything},
-		{"EphemeralEventsRefused", testEphemeralRefused},
-		{"AppendToUnknownSessionFails", testAppendToUnknownSession},
-		{"SessionListingOrderAndPaging", testSessionListing},
-		{"MetadataRoundTrip", testMetadataRoundTrip},
-		{"ClosedStoreIsUnavailable", testClosedStore},
+		{"AcceptCreatesSessionAndPersistsMessage", Options{}, testAcceptCreatesSession},
+		{"AcceptIntoExistingSession", Options{}, testAcceptIntoExistingSession},
+		{"AcceptWithUnknownSessionIDCreatesIt", Options{}, testAcceptWithUnknownSessionID},
+		{"SessionTitleComesFromFirstMessage", Options{}, testSessionTitle},
+		{"IdempotentRetryReturnsSameIDs", Options{}, testIdempotentRetry},
+		{"IdempotencyKeyReusedWithDifferentBodyConflicts", Options{}, testIdempotencyKeyReused},
+		{"ConcurrentIdempotentRetriesStoreOnce", Options{}, testConcurrentIdempotentRetries},
+		{"AppendAssignsSeqAndDefaults", Options{}, testAppendAssigns},
+		{"ConcurrentAppendsKeepSeqGapFree", Options{}, testConcurrentAppends},
+		{"TenantIsolation", Options{}, testTenantIsolation},
+		{"EventsPaging", Options{}, testEventsPaging},
+		{"MessagesReturnsConversationWindow", Options{}, testMessagesWindow},
+		{"PendingTurnsUntilTerminalAppended", Options{}, testPendingTurns},
+		{"DeleteRemovesEverything", Options{}, testDeleteRemovesEverything},
+		{"EphemeralEventsRefused", Options{}, testEphemeralRefused},
+		{"AppendToUnknownSessionFails", Options{}, testAppendToUnknownSession},
+		{"SessionListingOrderAndPaging", Options{}, testSessionListing},
+		{"MetadataRoundTrip", Options{}, testMetadataRoundTrip},
+		{"ClosedStoreIsUnavailable", Options{}, testClosedStore},
+		{"FinishedAfterTerminalEventOrDelete", Options{}, testFinished},
+		{"OutboxEmptyWithoutBus", Options{}, testOutboxEmptyWithoutBus},
+		{"OutboxRecordsOfAcceptAndAppend", Options{Bus: true, Origin: "replica-a"}, testOutboxRecords},
+		{"DuplicateAcceptAddsNoOutboxRecords", bus, testDuplicateAcceptOutbox},
+		{"FailedWritesAddNoOutboxRecords", bus, testFailedWritesOutbox},
+		{"DeleteSessionLeavesOutboxRecords", bus, testDeleteLeavesOutbox},
+		{"ConcurrentAcceptsKeepOutboxOrderPerSession", bus, testConcurrentOutboxOrder},
+		{"OutboxLeaseHasOneHolder", Options{}, testOutboxLease},
+		{"DeadLettersStoredOncePerRecord", Options{}, testDeadLetters},
 	}
 	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) { tt.run(t, open(t)) })
+		t.Run(tt.name, func(t *testing.T) { tt.run(t, open(t, tt.opts)) })
 	}
 }
 
@@ -724,4 +745,15 @@ func testClosedStore(t *testing.T, s turn.Store) {
 	wantCode(t, "Accept after Close", err, agate.EUnavailable)
 	_, err = s.Append(t.Context(), nil, event(acc.Turn.SessionID, agate.TypeStarted, ""))
 	wantCode(t, "Append after Close", err, agate.EUnavailable)
+	_, err = s.Finished(t.Context(), acc.Turn.ID)
+	wantCode(t, "Finished after Close", err, agate.EUnavailable)
+	_, err = s.Unsent(t.Context(), 10)
+	wantCode(t, "Unsent after Close", err, agate.EUnavailable)
+	wantCode(t, "MarkSent after Close", s.MarkSent(t.Context(), 1), agate.EUnavailable)
+	_, err = s.LeaseOutbox(t.Context(), "relay", time.Minute)
+	wantCode(t, "LeaseOutbox after Close", err, agate.EUnavailable)
+	err = s.AddDeadLetter(t.Context(), agate.DeadLetter{Topic: "x", Payload: []byte("x")})
+	wantCode(t, "AddDeadLetter after Close", err, agate.EUnavailable)
+	_, err = s.DeadLetters(t.Context(), "", 0, 10)
+	wantCode(t, "DeadLetters after Close", err, agate.EUnavailable)
 }
