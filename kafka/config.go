@@ -1,15 +1,25 @@
-// Package kafka is Agate's Kafka client layer (franz-go): a synchronous idempotent producer and an
-// at-least-once consumer-group loop with a dead-letter topic for poison records.
+// Package kafka is Agate's Kafka client layer (franz-go):
+//   - Producer: a synchronous idempotent producer;
+//   - Consumer: an at-least-once consumer-group loop for short handlers, one record at a time
+//     per partition;
+//   - AsyncConsumer: an at-least-once consumer-group loop for long work (an LLM turn), many
+//     records in flight, committing per partition only the finished prefix;
+//   - Tail: a group-less reader from the current end, for fan-out to every replica;
+//   - EnsureTopics: creates missing topics at start-up.
 //
-// The transactional outbox relay and the scale-out wiring are built on top of this package elsewhere.
+// Consumers send records they cannot handle to Config.DeadLetterSink and to the dead-letter
+// topic DLQ(topic). The transactional outbox relay, the dead-letter store and the wiring of
+// these loops into the gateway live outside this package.
 package kafka
 
 import (
+	"context"
 	"crypto/tls"
 	"fmt"
 	"strings"
 	"time"
 
+	"github.com/agate-gw/agate"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/sasl/plain"
 	"github.com/twmb/franz-go/pkg/sasl/scram"
@@ -17,8 +27,8 @@ import (
 
 // Topic names from DESIGN.md §5, before Config.TopicPrefix is applied.
 const (
-	TopicInbound       = "conversation.inbound"  // accepted user turns; key = session_id
-	TopicOutbound      = "conversation.outbound" // turn events, fanned out to every replica
+	TopicInbound       = agate.TopicInbound  // accepted user turns; key = session_id
+	TopicOutbound      = agate.TopicOutbound // turn events, fanned out to every replica
 	TopicToolRequests  = "tool.requests"
 	TopicToolResults   = "tool.results"
 	TopicMemoryWAL     = "memory.wal"
@@ -49,6 +59,8 @@ const (
 	DefaultProduceTimeout = 10 * time.Second
 	DefaultHandleAttempts = 3
 	DefaultRetryBackoff   = 200 * time.Millisecond
+	DefaultMaxInFlight    = 256
+	DefaultRevokeWait     = 30 * time.Second
 )
 
 // Config configures producers and consumers. The zero value is usable except for Brokers.
@@ -70,6 +82,25 @@ type Config struct {
 	// further one; default DefaultRetryBackoff.
 	HandleAttempts int
 	RetryBackoff   time.Duration
+
+	// DeadLetterSink, when set, receives every record that a Consumer or AsyncConsumer
+	// dead-letters, before it is published to the dead-letter topic, and every record whose
+	// Tail handler failed (a Tail publishes no dead letters). dl is the dead-letter record:
+	// Topic is DLQ(original topic); Key, Value and headers are the original ones plus x-error
+	// and x-original-topic/-partition/-offset; Partition and Offset are those of the original
+	// record, so that a store can dedupe on (x-original-topic, Partition, Offset). Consumer and
+	// AsyncConsumer call it again after RetryBackoff, doubling up to 10s, until it returns nil
+	// or ctx is done (the record then stays uncommitted and comes back); Tail calls it once and
+	// only logs an error. It must return when ctx is done.
+	DeadLetterSink func(ctx context.Context, dl Record) error
+
+	// MaxInFlight bounds how many records an AsyncConsumer has handed to its handler and not
+	// yet seen finished; default DefaultMaxInFlight.
+	MaxInFlight int
+	// RevokeWait is how long an AsyncConsumer whose partitions are revoked by a rebalance waits
+	// for their records in flight before it lets the rebalance go on; default
+	// DefaultRevokeWait.
+	RevokeWait time.Duration
 
 	// extra is appended to the client options; tests use it to shorten group timings.
 	extra []kgo.Opt
@@ -93,6 +124,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.RetryBackoff <= 0 {
 		c.RetryBackoff = DefaultRetryBackoff
+	}
+	if c.MaxInFlight <= 0 {
+		c.MaxInFlight = DefaultMaxInFlight
+	}
+	if c.RevokeWait <= 0 {
+		c.RevokeWait = DefaultRevokeWait
 	}
 	return c
 }

@@ -56,8 +56,9 @@ type Handler func(ctx context.Context, r Record) error
 //   - any other error: the handler is called again after Config.RetryBackoff, doubling, up to
 //     Config.HandleAttempts calls in all; then the record is treated as poison.
 //
-// If the dead-letter publish fails (Kafka down), it is retried with capped backoff until it
-// succeeds or Run's context is done; the record is not committed before that.
+// A dead-lettered record first goes to Config.DeadLetterSink when it is set. If the sink or the
+// dead-letter publish fails (Kafka down), it is retried with capped backoff until it succeeds or
+// Run's context is done; the record is not committed before that.
 //
 // Rebalances wait while a polled batch is being handled and committed, so a handler should
 // return well within the group's rebalance timeout (kgo's default, 60s).
@@ -191,6 +192,12 @@ func (c *Consumer) process(ctx context.Context, kr *kgo.Record) bool {
 }
 
 func (c *Consumer) deadLetter(ctx context.Context, r Record, cause error) bool {
+	return deadLetter(ctx, c.cfg, c.dlq, c.log, r, cause)
+}
+
+// deadLetterRecord returns the dead-letter record of r: r's key, value and headers plus the
+// x-error and x-original-* headers, for DLQ(r.Topic), with Partition and Offset kept from r.
+func deadLetterRecord(r Record, cause error) Record {
 	h := make(map[string]string, len(r.Headers)+4)
 	for k, v := range r.Headers {
 		h[k] = v
@@ -199,16 +206,40 @@ func (c *Consumer) deadLetter(ctx context.Context, r Record, cause error) bool {
 	h[HeaderOriginalTopic] = r.Topic
 	h[HeaderOriginalPartition] = strconv.FormatInt(int64(r.Partition), 10)
 	h[HeaderOriginalOffset] = strconv.FormatInt(r.Offset, 10)
-	dl := Record{Topic: DLQ(r.Topic), Key: r.Key, Value: r.Value, Headers: h}
+	return Record{Topic: DLQ(r.Topic), Key: r.Key, Value: r.Value, Headers: h, Partition: r.Partition, Offset: r.Offset}
+}
 
-	backoff := c.cfg.RetryBackoff
+// deadLetter hands r's dead-letter record to cfg.DeadLetterSink (when set) and then publishes
+// it to DLQ(r.Topic), retrying each step with capped backoff until it succeeds. It reports
+// false when ctx ended first: the record must then not be committed.
+func deadLetter(ctx context.Context, cfg Config, p *Producer, log *slog.Logger, r Record, cause error) bool {
+	dl := deadLetterRecord(r, cause)
+	if cfg.DeadLetterSink != nil {
+		ok := retry(ctx, cfg.RetryBackoff, func() error { return cfg.DeadLetterSink(ctx, dl) }, func(err error) {
+			log.Error("kafka dead-letter sink", "topic", r.Topic, "partition", r.Partition, "offset", r.Offset, "err", err)
+		})
+		if !ok {
+			return false
+		}
+	}
+	ok := retry(ctx, cfg.RetryBackoff, func() error { return p.Publish(ctx, dl) }, func(err error) {
+		log.Error("kafka dead-letter publish", "topic", dl.Topic, "err", err)
+	})
+	if ok {
+		log.Warn("kafka record sent to dead-letter topic", "topic", r.Topic, "partition", r.Partition, "offset", r.Offset, "err", cause)
+	}
+	return ok
+}
+
+// retry calls f until it returns nil, waiting backoff after the first failure and doubling up
+// to 10s; failed is called with each error. It reports false when ctx ended first.
+func retry(ctx context.Context, backoff time.Duration, f func() error, failed func(error)) bool {
 	for {
-		err := c.dlq.Publish(ctx, dl)
+		err := f()
 		if err == nil {
-			c.log.Warn("kafka record sent to dead-letter topic", "topic", r.Topic, "partition", r.Partition, "offset", r.Offset, "err", cause)
 			return true
 		}
-		c.log.Error("kafka dead-letter publish", "topic", dl.Topic, "err", err)
+		failed(err)
 		if !sleep(ctx, backoff) {
 			return false
 		}

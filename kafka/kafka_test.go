@@ -398,3 +398,84 @@ func TestKafkaOutageFailsPublishThenRecovers(t *testing.T) {
 		}
 	}
 }
+
+// TestDeadLetterGoesToTheSinkBeforeTheDLQAndIsCommittedOnlyThen makes the sink fail, stops the
+// consumer, and checks that the record was neither published to the DLQ nor committed; a new
+// member then gets it again, the sink succeeds, and the DLQ gets it once.
+func TestDeadLetterGoesToTheSinkBeforeTheDLQAndIsCommittedOnlyThen(t *testing.T) {
+	_, cfg := newCluster(t)
+	topic := cfg.Topic(TopicInbound)
+	var (
+		mu    sync.Mutex
+		calls []Record
+		fail  = true
+	)
+	cfg.DeadLetterSink = func(_ context.Context, dl Record) error {
+		mu.Lock()
+		defer mu.Unlock()
+		calls = append(calls, dl)
+		if fail {
+			return errors.New("dlq table unavailable")
+		}
+		return nil
+	}
+	sinkCalls := func() int { mu.Lock(); defer mu.Unlock(); return len(calls) }
+	p := newProducer(t, cfg)
+	publish(t, p, Record{Topic: topic, Key: []byte("s1"), Value: []byte("ok")})
+	publish(t, p, Record{Topic: topic, Key: []byte("s1"), Value: []byte("poison"), Headers: map[string]string{"traceparent": "tp"}})
+	var handled []Record
+	handle := func(_ context.Context, r Record) error {
+		mu.Lock()
+		handled = append(handled, r)
+		mu.Unlock()
+		if string(r.Value) == "poison" {
+			return Poison(errors.New("cannot decode"))
+		}
+		return nil
+	}
+	stop := startConsumer(t, cfg, "g-sink", []string{topic}, handle, p)
+	waitFor(t, "the sink to be retried", func() bool { return sinkCalls() >= 3 })
+	stop()
+
+	dlq := newCollector()
+	startConsumer(t, cfg, "g-sink-dlq-reader", []string{DLQ(topic)}, dlq.handle, p)
+	time.Sleep(300 * time.Millisecond)
+	if got := dlq.records(); len(got) != 0 {
+		t.Fatalf("dead letter published although the sink failed: %v", got)
+	}
+
+	mu.Lock()
+	fail = false
+	before := len(calls)
+	mu.Unlock()
+	startConsumer(t, cfg, "g-sink", []string{topic}, handle, p)
+	waitFor(t, "the dead letter", func() bool { return len(dlq.records()) == 1 })
+	time.Sleep(100 * time.Millisecond)
+
+	mu.Lock()
+	defer mu.Unlock()
+	if got := len(calls) - before; got != 1 {
+		t.Errorf("sink called %d times after it recovered, want 1", got)
+	}
+	var poison Record
+	count := map[string]int{}
+	for _, r := range handled {
+		count[string(r.Value)]++
+		if string(r.Value) == "poison" {
+			poison = r
+		}
+	}
+	if diff := cmp.Diff(map[string]int{"ok": 1, "poison": 2}, count); diff != "" {
+		t.Errorf("times handled (-want +got):\n%s", diff)
+	}
+	dl := dlq.records()[0]
+	want := Record{Topic: DLQ(topic), Key: []byte("s1"), Value: []byte("poison"), Headers: dl.Headers, Partition: poison.Partition, Offset: poison.Offset}
+	for i, got := range calls {
+		if diff := cmp.Diff(want, got); diff != "" {
+			t.Errorf("sink call %d (-want +got):\n%s", i, diff)
+		}
+	}
+	if dl.Headers[HeaderError] != "poison record: cannot decode" || dl.Headers["traceparent"] != "tp" {
+		t.Errorf("dead letter headers = %v", dl.Headers)
+	}
+}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/agate-gw/agate"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
@@ -67,19 +66,8 @@ func NewProducer(cfg Config) (*Producer, error) {
 // A Publish that fails may still have stored the record (the broker wrote it but the answer was
 // lost): retrying it can duplicate, so consumers dedupe by an id in the record.
 func (p *Producer) Publish(ctx context.Context, r Record) error {
-	pctx, cancel := context.WithTimeout(ctx, p.cfg.ProduceTimeout)
-	defer cancel()
-	err := p.cl.ProduceSync(pctx, toKgo(r)).FirstErr()
-	if err == nil {
-		return nil
-	}
-	if ctx.Err() != nil {
-		return fmt.Errorf("kafka publish to %s: %w", r.Topic, err)
-	}
-	if unavailable(err) {
-		return agate.Wrap(agate.EUnavailable, fmt.Errorf("kafka publish to %s: %w", r.Topic, err), "Kafka is unavailable.")
-	}
-	return fmt.Errorf("kafka publish to %s: %w", r.Topic, err)
+	_, err := p.PublishBatch(ctx, []Record{r})
+	return err
 }
 
 // unavailable reports whether err means the cluster could not be reached or could not take the

@@ -1,0 +1,77 @@
+package kafka
+
+import (
+	"context"
+	"fmt"
+	"sync"
+
+	"github.com/agate-gw/agate"
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+// PublishBatch publishes rs and waits for all of them, at most Config.ProduceTimeout. It
+// returns how many of rs, counted from the first, are known to be stored: records with the
+// same key keep their order, so after a failure the rest of rs is published again by the
+// caller, never skipped. Errors are classified as Publish's are.
+//
+// The wait ends at the deadline even while the client is still dialling a broker that is
+// gone (franz-go only fails buffered records at its next attempt, seconds later); the
+// records left in the client fail by Config.ProduceTimeout (at least 1s) or are stored,
+// ahead of any later copy of theirs, so a caller's retry can duplicate but not reorder.
+func (p *Producer) PublishBatch(ctx context.Context, rs []Record) (int, error) {
+	if len(rs) == 0 {
+		return 0, nil
+	}
+	pctx, cancel := context.WithTimeout(ctx, p.cfg.ProduceTimeout)
+	defer cancel()
+	var (
+		mu   sync.Mutex
+		errs = make([]error, len(rs))
+		over = make([]bool, len(rs))
+		left = len(rs)
+		all  = make(chan struct{})
+	)
+	for i, r := range rs {
+		p.cl.Produce(pctx, toKgo(r), func(_ *kgo.Record, err error) {
+			mu.Lock()
+			defer mu.Unlock()
+			errs[i], over[i] = err, true
+			if left--; left == 0 {
+				close(all)
+			}
+		})
+	}
+	select {
+	case <-all:
+	case <-pctx.Done():
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for i := range rs {
+		err := errs[i]
+		if !over[i] {
+			err = pctx.Err()
+		}
+		if err == nil {
+			continue
+		}
+		err = fmt.Errorf("kafka publish to %s: %w", rs[i].Topic, err)
+		if ctx.Err() == nil && (!over[i] || unavailable(errs[i])) {
+			err = agate.Wrap(agate.EUnavailable, err, "Kafka is unavailable.")
+		}
+		return i, err
+	}
+	return len(rs), nil
+}
+
+// Go publishes r without waiting, for records whose loss is tolerable (live stream pieces
+// that a later record supersedes); everything else goes through Publish. done, if not nil,
+// is called with the outcome from another goroutine and must not block. When too many
+// records wait in the client (Kafka is slow or down) r fails at once rather than blocking.
+func (p *Producer) Go(r Record, done func(error)) {
+	p.cl.TryProduce(context.Background(), toKgo(r), func(_ *kgo.Record, err error) {
+		if done != nil {
+			done(err)
+		}
+	})
+}
