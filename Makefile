@@ -15,12 +15,16 @@ test-unit: fmt-check vet
 	$(GO) test -race -count=1 ./...
 
 # test-integration runs only the tests of real services, against those scripts/services.sh
-# starts (installing them if missing). CI=true: a missing service fails them, never skips.
-INTEGRATION_PKGS ?= ./postgres/ ./redis/
+# starts (installing them if missing): the store suite on PostgreSQL, the Redis adapters,
+# the Kafka layer and relay (kfake speaks Kafka's wire protocol), and the gateway end to end
+# on them, three replica processes included. CI=true: a missing service fails them, never skips.
+INTEGRATION_PKGS ?= ./postgres/ ./redis/ ./kafka/ ./bus/
+INTEGRATION_E2E ?= Postgres|Redis|Replica|Kafka
 
 test-integration:
 	@env=$$(bash scripts/services.sh up) && set -a && eval "$$env" && set +a && \
-		CI=true $(GO) test -race -count=1 $(INTEGRATION_PKGS)
+		CI=true $(GO) test -race -count=1 $(INTEGRATION_PKGS) && \
+		CI=true $(GO) test -race -count=1 -run '$(INTEGRATION_E2E)' ./cmd/agate/
 
 services:
 	bash scripts/services.sh up

@@ -33,6 +33,7 @@ func (s *Server) routes() []route {
 		{"POST", "/v1/chat/completions", private | openaiAPI | metered, s.handleChatCompletions()},
 		{"GET", "/v1/models", private | openaiAPI, s.handleModels()},
 		{"GET", "/v1/admin/breakers", private, s.handleBreakers()},
+		{"GET", "/v1/admin/dlq", private, s.handleDeadLetters()},
 		{"GET", "/v1/health", public, s.handleHealth()},
 		{"GET", "/livez", public, s.handleLive()},
 		{"GET", "/readyz", public, s.handleReady()},

@@ -34,6 +34,7 @@ type Store interface {
 	turn.Sessions
 	turn.History
 	turn.Log
+	turn.DeadLetters
 }
 
 // Model answers chat completions: the provider router, with its fallbacks and breakers.

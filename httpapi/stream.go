@@ -63,9 +63,14 @@ type follower struct {
 	*Server
 	session uuid.UUID
 	c       cursor
-	ended   int64 // seq of the latest terminal event seen: streams of older turns are over
+	ended   int64 // seq of the latest terminal event seen
 	holdEnd int64 // replay stops before the first terminal after this seq (0: no stop)
-	send    func(ev agate.Event, id string) error
+	// The latest turn whose start the client has, by metadata.turn_id: only its stream is
+	// sent, until its end. Stream events of other replicas' turns can come late or early.
+	turn     string
+	turnSeq  int64
+	turnOver bool
+	send     func(ev agate.Event, id string) error
 }
 
 // follow sends the session's events after c to send, in order, without gaps or duplicates:
@@ -81,6 +86,14 @@ func (s *Server) follow(ctx context.Context, sub *inmem.Subscription, session uu
 	send func(ev agate.Event, id string) error, beat <-chan time.Time, heartbeat func() error) error {
 	running, live, streaming := sub.Snapshot()
 	f := &follower{Server: s, session: session, c: c, holdEnd: running, send: send}
+	if running > 0 && running <= c.seq {
+		// The client has the running turn's start: read the stored events from there to
+		// its cursor, to know that turn and whether it has ended (the hub can be behind
+		// the store when the turn runs on another replica).
+		if err := f.skim(ctx, running-1); err != nil {
+			return err
+		}
+	}
 	if err := f.replay(ctx, -1); err != nil {
 		return err
 	}
@@ -112,6 +125,8 @@ func (s *Server) follow(ctx context.Context, sub *inmem.Subscription, session uu
 			// Stored events are published by more than one goroutine, so one may overtake
 			// another: fill any gap from the store first (seq has no gaps).
 			if !agate.Ephemeral(ev.Type) && ev.Seq > f.c.seq+1 {
+				// Stored events after the held-back end are here: that end must go first.
+				f.holdEnd = 0
 				if err := f.replay(ctx, ev.Seq-1); err != nil {
 					return err
 				}
@@ -128,6 +143,45 @@ func (s *Server) follow(ctx context.Context, sub *inmem.Subscription, session uu
 			}
 		}
 	}
+}
+
+// skim reads the stored events after seq from up to the cursor, which the client has, so
+// that deliver notes the turns that ended among them; it sends nothing.
+func (f *follower) skim(ctx context.Context, from int64) error {
+	for from < f.c.seq {
+		evs, err := f.store.Events(ctx, f.session, from, min(replayPage, int(f.c.seq-from)))
+		if err != nil {
+			return err
+		}
+		for _, ev := range evs {
+			if err := f.deliver(ev); err != nil { // seq <= the cursor: noted, not sent
+				return err
+			}
+			from = ev.Seq
+		}
+		if len(evs) == 0 {
+			return nil
+		}
+	}
+	return nil
+}
+
+// note follows the client's running turn through a stored event, and reports whether ev
+// starts a newer turn.
+func (f *follower) note(ev agate.Event) bool {
+	switch {
+	case ev.Type == agate.TypeStarted && ev.Seq > f.turnSeq:
+		f.turn, f.turnSeq, f.turnOver = turnOf(ev), ev.Seq, false
+		return true
+	case agate.Terminal(ev.Type) && turnOf(ev) == f.turn:
+		f.turnOver = true
+	}
+	return false
+}
+
+func turnOf(ev agate.Event) string {
+	id, _ := ev.Metadata["turn_id"].(string)
+	return id
 }
 
 // replay sends the stored events after the cursor, up to seq upTo (-1: all of them), but
@@ -162,8 +216,8 @@ func (f *follower) deliver(ev agate.Event) error {
 	switch {
 	case ev.Type == agate.TypeStream:
 		// Its Seq is the seq of its turn's last stored event before streaming began.
-		if ev.Seq < f.ended || ev.Seq > f.c.seq || ev.Offset <= f.c.offset {
-			return nil // a turn that has ended, one the client has not seen start, or text it has
+		if f.turn == "" || turnOf(ev) != f.turn || f.turnOver || ev.Seq > f.c.seq || ev.Offset <= f.c.offset {
+			return nil // not the client's running turn, or text it has
 		}
 		ev.Delta = ev.Message[min(f.c.offset, len(ev.Message)):]
 		f.c.offset = ev.Offset
@@ -173,6 +227,7 @@ func (f *follower) deliver(ev agate.Event) error {
 			f.c.offset = 0
 		}
 	case ev.Seq <= f.c.seq:
+		f.note(ev)
 		if agate.Terminal(ev.Type) {
 			f.ended = max(f.ended, ev.Seq)
 			if ev.Seq > f.holdEnd {
@@ -182,6 +237,9 @@ func (f *follower) deliver(ev agate.Event) error {
 		return nil // sent already
 	default:
 		f.c.seq = ev.Seq
+		if f.note(ev) {
+			f.c.offset = 0 // offsets count into the running turn's text
+		}
 		if agate.Terminal(ev.Type) {
 			f.c.offset, f.ended = 0, ev.Seq
 			if ev.Seq > f.holdEnd {

@@ -40,7 +40,8 @@ func newStreamRig(t *testing.T) *streamRig {
 }
 
 func (r *streamRig) append(t *testing.T, typ string, done *agate.Turn) agate.Event {
-	evs, err := r.store.Append(t.Context(), done, agate.Event{SessionID: r.session, Role: "assistant", Type: typ, Message: typ})
+	evs, err := r.store.Append(t.Context(), done, agate.Event{SessionID: r.session, Role: "assistant", Type: typ, Message: typ,
+		Metadata: map[string]any{"turn_id": r.turn.ID.String()}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,10 +91,11 @@ func TestFollowFillsAGapWhenPublishesOvertakeEachOther(t *testing.T) {
 
 func TestFollowCatchesUpARunningStreamOnceAndSkipsEndedOnes(t *testing.T) {
 	r := newStreamRig(t)
-	r.append(t, agate.TypeStarted, nil)
+	r.hub.Publish(r.append(t, agate.TypeStarted, nil))
 	thinking := r.append(t, agate.TypeThinking, nil) // 3
 	stream := func(text string) agate.Event {
-		return agate.Event{SessionID: r.session, Type: agate.TypeStream, Seq: thinking.Seq, Message: text, Offset: len(text)}
+		return agate.Event{SessionID: r.session, Type: agate.TypeStream, Seq: thinking.Seq, Message: text, Offset: len(text),
+			Metadata: map[string]any{"turn_id": r.turn.ID.String()}}
 	}
 	r.hub.Publish(stream("Hello"))
 	sub := r.hub.Subscribe(r.session)
@@ -109,15 +111,21 @@ func TestFollowCatchesUpARunningStreamOnceAndSkipsEndedOnes(t *testing.T) {
 		t.Fatalf("frames (-want +got):\n%s", diff)
 	}
 
-	// Once the turn's final is stored, its stream is over for a client replaying it.
-	r.append(t, agate.TypeFinal, &r.turn)
+	// Once the turn's final is stored, its stream is over for a client that has the final,
+	// even while the hub has not heard of the end (the turn ran on another replica and its
+	// final is still on the way): neither the hub's latest piece nor a straggler is sent.
+	r.append(t, agate.TypeFinal, &r.turn) // 4, not published yet
 	sub2 := r.hub.Subscribe(r.session)
 	defer sub2.Close()
-	r.hub.Publish(stream("Hello world!")) // a straggler, as if published late
-	next := r.append(t, agate.TypeStarted, nil)
-	r.hub.Publish(next)
-	got = r.collect(t, sub2, cursor{seq: 3, offset: 11}, 2, nil)
-	want = []string{"4 assistant.final ", "5 assistant.started "}
+	r.hub.Publish(stream("Hello world!")) // a straggler
+	evs, err := r.store.Append(t.Context(), nil, agate.Event{SessionID: r.session, Role: "assistant", Type: agate.TypeStarted,
+		Metadata: map[string]any{"turn_id": uuid.NewString()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.hub.Publish(evs[0]) // 5: the next turn
+	got = r.collect(t, sub2, cursor{seq: 4}, 1, nil)
+	want = []string{"5 assistant.started "}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Fatalf("frames after the end (-want +got):\n%s", diff)
 	}

@@ -23,12 +23,41 @@ type Hub struct {
 
 	mu       sync.Mutex
 	sessions map[uuid.UUID]*topic
+	ended    recent // sessions forgotten by gc, with the seq of their latest terminal event
+}
+
+// recentEnds is how many forgotten sessions' latest ends the hub remembers, so that an
+// event repeated by the bus after its turn ended cannot mark the turn running again.
+const recentEnds = 4096
+
+// recent is a bounded map, oldest entries evicted first.
+type recent struct {
+	seq   map[uuid.UUID]int64
+	order []uuid.UUID // ring of the keys, next is the oldest
+	next  int
+}
+
+func (r *recent) put(id uuid.UUID, seq int64) {
+	if r.seq == nil {
+		r.seq = make(map[uuid.UUID]int64)
+	}
+	if _, ok := r.seq[id]; !ok {
+		if len(r.order) < recentEnds {
+			r.order = append(r.order, id)
+		} else {
+			delete(r.seq, r.order[r.next])
+			r.order[r.next] = id
+			r.next = (r.next + 1) % recentEnds
+		}
+	}
+	r.seq[id] = seq
 }
 
 type topic struct {
 	subs    map[*Subscription]struct{}
 	running int64       // seq of the running turn's assistant.started; 0 when none
 	live    agate.Event // the latest stream event of the running turn; zero when none
+	ended   int64       // seq of the latest terminal event
 }
 
 // NewHub returns a hub whose subscribers buffer up to buffer events (DefaultBuffer if <= 0).
@@ -90,7 +119,7 @@ func (h *Hub) Subscribe(session uuid.UUID) *Subscription {
 	defer h.mu.Unlock()
 	t := h.sessions[session]
 	if t == nil {
-		t = &topic{subs: make(map[*Subscription]struct{})}
+		t = &topic{subs: make(map[*Subscription]struct{}), ended: h.ended.seq[session]}
 		h.sessions[session] = t
 	}
 	t.subs[s] = struct{}{}
@@ -107,16 +136,26 @@ func (h *Hub) Publish(ev agate.Event) {
 		if ev.Type != agate.TypeStarted && ev.Type != agate.TypeStream {
 			return // nobody listens and no turn state to keep
 		}
-		t = &topic{subs: make(map[*Subscription]struct{})}
+		t = &topic{subs: make(map[*Subscription]struct{}), ended: h.ended.seq[ev.SessionID]}
 		h.sessions[ev.SessionID] = t
 	}
+	// Events of other replicas arrive through the event bus, where a retried publish can
+	// repeat one or a stream event overtake the turn's start: the turn state only moves
+	// forward. Subscribers get every event; their followers drop what they have.
 	switch {
 	case ev.Type == agate.TypeStarted:
-		t.running, t.live = ev.Seq, agate.Event{}
+		if ev.Seq > t.running && ev.Seq > t.ended {
+			t.running, t.live = ev.Seq, agate.Event{}
+		}
 	case ev.Type == agate.TypeStream:
-		t.live = ev
+		if t.running != 0 && ev.Seq >= t.running && (t.live.Type == "" || ev.Offset > t.live.Offset) {
+			t.live = ev
+		}
 	case agate.Terminal(ev.Type):
-		t.running, t.live = 0, agate.Event{}
+		if ev.Seq == 0 || ev.Seq >= t.running {
+			t.running, t.live = 0, agate.Event{}
+		}
+		t.ended = max(t.ended, ev.Seq)
 	}
 	for s := range t.subs {
 		select {
@@ -127,6 +166,15 @@ func (h *Hub) Publish(ev agate.Event) {
 		}
 	}
 	h.gc(ev.SessionID, t)
+}
+
+// Running reports whether a turn of the session is running, as far as the events
+// published to the hub tell.
+func (h *Hub) Running(session uuid.UUID) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	t := h.sessions[session]
+	return t != nil && t.running != 0
 }
 
 // Drop forgets a deleted session: its subscriptions are closed (Dropped reports true) and
@@ -172,6 +220,9 @@ func (h *Hub) remove(s *Subscription) {
 // gc forgets a session with neither subscribers nor a running turn; h.mu must be held.
 func (h *Hub) gc(session uuid.UUID, t *topic) {
 	if len(t.subs) == 0 && t.running == 0 && t.live.Type == "" {
+		if t.ended > 0 {
+			h.ended.put(session, t.ended)
+		}
 		delete(h.sessions, session)
 	}
 }

@@ -99,3 +99,44 @@ func TestCloseIsIdempotent(t *testing.T) {
 		t.Fatal("events channel open after Close")
 	}
 }
+
+// TestTurnStateOnlyMovesForward publishes events the way another replica's arrive through
+// the event bus (a stream piece before its turn's start, a start repeated after the end, a
+// late piece): what a new subscriber is told is streaming stays right.
+func TestTurnStateOnlyMovesForward(t *testing.T) {
+	hub := inmem.NewHub(8)
+	s := uuid.New()
+	piece := func(seq int64, text string) agate.Event {
+		return agate.Event{SessionID: s, Seq: seq, Type: agate.TypeStream, Message: text, Offset: len(text)}
+	}
+	snapshot := func() (int64, string) {
+		sub := hub.Subscribe(s)
+		defer sub.Close()
+		running, live, _ := sub.Snapshot()
+		return running, live.Message
+	}
+
+	hub.Publish(piece(3, "He")) // overtook its start
+	if running, live := snapshot(); running != 0 || live != "" {
+		t.Fatalf("before the start: running %d, live %q; want nothing", running, live)
+	}
+	hub.Publish(agate.Event{SessionID: s, Seq: 2, Type: agate.TypeStarted})
+	hub.Publish(piece(3, "Hello"))
+	hub.Publish(piece(3, "Hel")) // an older piece, late
+	if running, live := snapshot(); running != 2 || live != "Hello" {
+		t.Fatalf("while streaming: running %d, live %q; want 2, \"Hello\"", running, live)
+	}
+	hub.Publish(agate.Event{SessionID: s, Seq: 4, Type: agate.TypeFinal})
+	hub.Publish(agate.Event{SessionID: s, Seq: 2, Type: agate.TypeStarted}) // published twice
+	hub.Publish(piece(3, "Hello!"))                                         // late
+	if running, live := snapshot(); running != 0 || live != "" {
+		t.Fatalf("after the end: running %d, live %q; want nothing", running, live)
+	}
+	if hub.Running(s) {
+		t.Error("Running after the turn ended")
+	}
+	hub.Publish(agate.Event{SessionID: s, Seq: 6, Type: agate.TypeStarted}) // the next turn
+	if running, _ := snapshot(); running != 6 || !hub.Running(s) {
+		t.Errorf("next turn: running %d, want 6", running)
+	}
+}

@@ -30,6 +30,9 @@ type Config struct {
 	MaxTokens     int           // reply limit; 0: the provider's default
 	Model         string        // model name passed to the provider; "" for its default
 	SystemPrompt  string        // the tenants' default system prompt
+	// External: turns arrive through Submit (from the event bus, which also redelivers
+	// unfinished ones); Send only stores the message and Recover queues nothing.
+	External bool
 }
 
 func (c *Config) setDefaults() {
@@ -83,9 +86,15 @@ type Runner struct {
 
 // line is one session's queue of turns.
 type line struct {
-	turns   []agate.Turn
+	turns   []queued
 	running bool
 	cancel  context.CancelCauseFunc // of the running turn
+}
+
+// queued is a turn waiting in its line, with what to call once it is over (see Submit).
+type queued struct {
+	agate.Turn
+	done func()
 }
 
 // New returns a Runner. It runs nothing until Run is called; Send may be called before.
@@ -116,9 +125,23 @@ func (r *Runner) Send(ctx context.Context, in agate.Inbound) (agate.Accepted, er
 	}
 	if !acc.Duplicate {
 		r.pub.Publish(acc.Event)
-		r.enqueue(acc.Turn)
+		if !r.cfg.External {
+			r.enqueue(acc.Turn, nil)
+		}
 	}
 	return acc, nil
+}
+
+// Submit queues a turn delivered by the event bus (Config.External). done is called once
+// the turn needs no more work: its terminal event is stored, it had finished before (a
+// redelivery), it is queued or running already, or its session was deleted. It is not
+// called for a turn interrupted by shutdown, which the bus must deliver again. Submit
+// does not block.
+func (r *Runner) Submit(t agate.Turn, done func()) {
+	if done == nil {
+		done = func() {}
+	}
+	r.enqueue(t, done)
 }
 
 // Cancel stops the session's running turn, which then ends with an assistant.final whose
@@ -155,6 +178,7 @@ func (r *Runner) Forget(session uuid.UUID) {
 	}
 	for _, t := range l.turns {
 		delete(r.known, t.ID)
+		t.over()
 	}
 	r.queued -= len(l.turns)
 	l.turns = nil
@@ -181,11 +205,14 @@ func (r *Runner) Recover(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("turn: recover pending turns: %w", err)
 	}
+	if r.cfg.External {
+		return nil // the event bus redelivers them
+	}
 	if len(pending) > 0 {
 		r.log.Info("resuming turns accepted before a restart", "turns", len(pending))
 	}
 	for _, t := range pending {
-		r.enqueue(t)
+		r.enqueue(t, nil)
 	}
 	return nil
 }
@@ -218,11 +245,15 @@ func (r *Runner) Run(ctx context.Context) error {
 	return nil
 }
 
-// enqueue adds t to its session's line; a turn already queued or running is ignored.
-func (r *Runner) enqueue(t agate.Turn) {
+// enqueue adds t to its session's line; a turn already queued or running is ignored
+// (and its done called).
+func (r *Runner) enqueue(t agate.Turn, done func()) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if _, ok := r.known[t.ID]; ok {
+		if done != nil {
+			done()
+		}
 		return
 	}
 	r.known[t.ID] = struct{}{}
@@ -231,7 +262,7 @@ func (r *Runner) enqueue(t agate.Turn) {
 		l = &line{}
 		r.sessions[t.SessionID] = l
 	}
-	l.turns = append(l.turns, t)
+	l.turns = append(l.turns, queued{Turn: t, done: done})
 	r.queued++
 	if !l.running && len(l.turns) == 1 {
 		r.ready = append(r.ready, t.SessionID)
@@ -253,16 +284,25 @@ func (r *Runner) work(ctx, hard context.Context) {
 		if !ok {
 			return
 		}
-		r.run(turnCtx, t, hard.Done())
-		r.finish(t)
+		if r.run(turnCtx, t.Turn, hard.Done()) {
+			t.over()
+		}
+		r.finish(t.Turn)
+	}
+}
+
+// over reports that the turn needs no more work.
+func (q queued) over() {
+	if q.done != nil {
+		q.done()
 	}
 }
 
 // next blocks until a turn may start and marks its session running.
-func (r *Runner) next(ctx, hard context.Context) (agate.Turn, context.Context, bool) {
+func (r *Runner) next(ctx, hard context.Context) (queued, context.Context, bool) {
 	for {
 		if ctx.Err() != nil {
-			return agate.Turn{}, nil, false
+			return queued{}, nil, false
 		}
 		r.mu.Lock()
 		if len(r.ready) > 0 {
@@ -283,7 +323,7 @@ func (r *Runner) next(ctx, hard context.Context) (agate.Turn, context.Context, b
 		r.mu.Unlock()
 		select {
 		case <-ctx.Done():
-			return agate.Turn{}, nil, false
+			return queued{}, nil, false
 		case <-r.wake:
 		}
 	}
@@ -307,24 +347,38 @@ func (r *Runner) finish(t agate.Turn) {
 }
 
 // run gives one turn its reply. It ends the turn with exactly one terminal event unless
-// the gateway is shutting down.
-func (r *Runner) run(ctx context.Context, t agate.Turn, shutdown <-chan struct{}) {
+// the gateway is shutting down, and reports whether the turn is over (false: it must run
+// again after a restart).
+func (r *Runner) run(ctx context.Context, t agate.Turn, shutdown <-chan struct{}) (over bool) {
 	log := r.log.With("session_id", t.SessionID, "turn", t.ID, "tenant", t.Tenant)
+	if r.cfg.External {
+		// The bus delivers at least once: a turn that ended on some replica is not run again.
+		finished, err := r.store.Finished(ctx, t.ID)
+		if err != nil {
+			log.Warn("cannot tell whether a delivered turn ran already; running it", "err", err)
+		}
+		if finished {
+			log.Info("turn delivered again after it finished; skipped")
+			return true
+		}
+	}
 	begin := time.Now()
 	tr := &turnRun{Runner: r, t: t, log: log, shutdown: shutdown}
 	defer func() {
 		if p := recover(); p != nil {
 			log.Error("turn panicked", "panic", p, "stack", string(debug.Stack()))
 			tr.end(ctx, agate.Reply{}, agate.Errorf(agate.EInternal, "The gateway hit an internal error while answering; please retry."))
+			over = tr.stored
 		}
 	}()
 	reply, err := tr.generate(ctx)
 	if err != nil && context.Cause(ctx) == errShutdown {
 		log.Info("turn interrupted by shutdown; it will run again on restart")
-		return
+		return false
 	}
 	tr.end(ctx, reply, err)
 	log.Info("turn finished", "duration", time.Since(begin), "code", agate.ErrorCode(err))
+	return tr.stored
 }
 
 // turnRun is the state of one turn as it runs.
@@ -336,6 +390,7 @@ type turnRun struct {
 	base     int64           // seq of the last persisted event, for ephemeral events
 	text     string          // streamed so far
 	done     bool            // the terminal event was sent
+	stored   bool            // the turn is over: its terminal event is stored, or its session is gone
 }
 
 // event returns an assistant event of this turn; its metadata.turn_id is the turn's id.
@@ -460,11 +515,13 @@ func (tr *turnRun) finish(ctx context.Context, ev agate.Event) {
 	for {
 		err := tr.persist(ctx, ev)
 		if err == nil {
+			tr.stored = true
 			return
 		}
 		if context.Cause(ctx) == errSessionDeleted || agate.ErrorCode(err) == agate.ESessionNotFound {
 			ev.Seq = 0
 			tr.pub.Publish(ev)
+			tr.stored = true
 			return
 		}
 		tr.log.Error("store the terminal event; retrying", "err", err, "retry_in", wait)

@@ -284,3 +284,78 @@ func TestRecoverRunsEachPendingTurnOnceInOrder(t *testing.T) {
 		t.Fatalf("model called %d times for 2 pending turns", n)
 	}
 }
+
+// TestExternalTurnsRunOnlyWhenSubmitted covers a replica whose turns come from the event
+// bus: Send only stores, Recover queues nothing, a submitted turn runs and reports its end
+// once, and a turn delivered again after it finished is skipped without running.
+func TestExternalTurnsRunOnlyWhenSubmitted(t *testing.T) {
+	r := newRig(t, llmtest.New(llmtest.Text("one"), llmtest.Text("two")), turn.Config{External: true})
+	acc, sub := r.send(t, uuid.Nil, "hi")
+	if ev := <-sub.Events(); ev.Type != agate.TypeUserMessage {
+		t.Fatalf("first event = %s", ev.Type)
+	}
+	if err := r.runner.Recover(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case ev := <-sub.Events():
+		t.Fatalf("a turn ran before it was submitted: %s", ev.Type)
+	case <-time.After(100 * time.Millisecond):
+	}
+
+	done := make(chan struct{}, 2)
+	r.runner.Submit(acc.Turn, func() { done <- struct{}{} })
+	evs := untilTerminal(t, sub)
+	if final := evs[len(evs)-1]; final.Message != "one" {
+		t.Fatalf("final = %q", final.Message)
+	}
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("done not called after the turn ended")
+	}
+	stored, _ := r.store.Events(t.Context(), acc.Turn.SessionID, 0, 100)
+
+	r.runner.Submit(acc.Turn, func() { done <- struct{}{} }) // redelivered
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("done not called for a redelivered turn")
+	}
+	again, _ := r.store.Events(t.Context(), acc.Turn.SessionID, 0, 100)
+	if len(again) != len(stored) {
+		t.Fatalf("a redelivered turn ran again: %d events stored, had %d", len(again), len(stored))
+	}
+}
+
+// TestExternalTurnInterruptedByShutdownIsNotReportedDone checks that a turn cut short by
+// shutdown is not reported over, so the bus delivers it again.
+func TestExternalTurnInterruptedByShutdownIsNotReportedDone(t *testing.T) {
+	store, err := sqlite.Open(t.Context(), filepath.Join(t.TempDir(), "agate.db"), sqlite.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	runner := turn.New(store, llmtest.New(llmtest.Hang()), inmem.NewHub(0), slog.New(slog.DiscardHandler),
+		turn.Config{External: true, Grace: 50 * time.Millisecond})
+	acc, err := runner.Send(t.Context(), agate.Inbound{Tenant: "t1", Message: "hi"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	stopped := make(chan error, 1)
+	go func() { stopped <- runner.Run(ctx) }()
+	var called bool
+	runner.Submit(acc.Turn, func() { called = true })
+	time.Sleep(50 * time.Millisecond) // the turn is running
+	cancel()
+	if err := <-stopped; err != nil {
+		t.Fatal(err)
+	}
+	if called {
+		t.Error("done called for a turn interrupted by shutdown")
+	}
+	if finished, err := store.Finished(t.Context(), acc.Turn.ID); err != nil || finished {
+		t.Errorf("Finished = %v, %v; want false", finished, err)
+	}
+}

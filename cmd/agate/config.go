@@ -53,6 +53,16 @@ type config struct {
 	RedisURL     string        `env:"REDIS_URL" secret:"true" help:"Redis for limits shared by replicas, e.g. redis://127.0.0.1:6379/0 (default: in-process limits)"`
 	Replicas     int           `env:"AGATE_REPLICAS" default:"1" help:"gateway replicas: while Redis is down each enforces 1/N of a limit"`
 	TenantRPM    int           `env:"AGATE_TENANT_RPM" default:"0" help:"messages and chat completions per minute per tenant; 0: unlimited"`
+	ReplicaID    string        `env:"AGATE_REPLICA_ID" help:"this replica's name on the event bus (default: host name and a random suffix)"`
+	Kafka        string        `env:"KAFKA_BOOTSTRAP_SERVERS" help:"Kafka brokers, host:port,…: turns are spread over the replicas and events fanned out to all of them (default: one process runs its own turns)"`
+	KafkaPrefix  string        `env:"KAFKA_TOPIC_PREFIX" help:"prefix of every Kafka topic name"`
+	KafkaGroup   string        `env:"KAFKA_GROUP" default:"agate" help:"consumer group of the replicas that share the turns of conversation.inbound"`
+	KafkaParts   int           `env:"KAFKA_PARTITIONS" default:"12" help:"partitions of the topics the gateway creates when they are missing (at least the most replicas you will run)"`
+	KafkaSASL    string        `env:"KAFKA_SASL_MECHANISM" help:"plain, scram-sha-256 or scram-sha-512 (default: no SASL)"`
+	KafkaUser    string        `env:"KAFKA_SASL_USERNAME" help:"SASL user"`
+	KafkaPass    string        `env:"KAFKA_SASL_PASSWORD" secret:"true" help:"SASL password"`
+	KafkaTLS     bool          `env:"KAFKA_TLS" default:"false" help:"connect to the brokers with TLS"`
+	KafkaTimeout time.Duration `env:"KAFKA_TIMEOUT" default:"10s" help:"longest one publish to Kafka may take before it counts as failed and is retried"`
 }
 
 // load fills a config from getenv, with defaults for what is unset.
@@ -118,6 +128,14 @@ func (c config) validate() error {
 		return fmt.Errorf("GATEWAY_REQUIRE_AUTH=true: authentication is not available in this version; refusing to run without it")
 	case c.LLMBaseURL != "" && !strings.HasPrefix(c.LLMBaseURL, "http://") && !strings.HasPrefix(c.LLMBaseURL, "https://"):
 		return fmt.Errorf("LLM_BASE_URL=%q: want an http:// or https:// URL", c.LLMBaseURL)
+	}
+	switch strings.ToLower(c.KafkaSASL) {
+	case "", "plain", "scram-sha-256", "scram-sha-512":
+	default:
+		return fmt.Errorf("KAFKA_SASL_MECHANISM=%q: want plain, scram-sha-256 or scram-sha-512", c.KafkaSASL)
+	}
+	if c.Kafka != "" && c.KafkaParts < 1 {
+		return fmt.Errorf("KAFKA_PARTITIONS=%d: want at least 1", c.KafkaParts)
 	}
 	if _, err := parseRoutes(c.Routes); err != nil {
 		return fmt.Errorf("LLM_ROUTES=%q: %v", c.Routes, err)

@@ -109,6 +109,9 @@ func serve(ctx context.Context, cfg config, log *slog.Logger, stdout io.Writer) 
 
 	eg, ectx := errgroup.WithContext(ctx)
 	eg.Go(func() error { return g.runner.Run(ectx) })
+	for _, job := range g.jobs {
+		eg.Go(func() error { return job(ectx) })
+	}
 	eg.Go(func() error {
 		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
 			return err

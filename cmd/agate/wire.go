@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"os"
 	"path/filepath"
 	"slices"
 	"time"
@@ -24,6 +25,7 @@ import (
 	"github.com/agate-gw/agate/redis"
 	"github.com/agate-gw/agate/sqlite"
 	"github.com/agate-gw/agate/turn"
+	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 )
@@ -33,7 +35,8 @@ type gateway struct {
 	store  turn.Store
 	runner *turn.Runner
 	api    *httpapi.Server
-	closer []func() error // of the adapters, in the order they are to close
+	jobs   []func(ctx context.Context) error // background work that runs beside the runner until shutdown
+	closer []func() error                    // of the adapters, in the order they are to close
 }
 
 func (g *gateway) close() error {
@@ -50,7 +53,8 @@ func wire(ctx context.Context, cfg config, log *slog.Logger) (*gateway, error) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
-	store, err := openStore(ctx, cfg)
+	replica := cmp.Or(cfg.ReplicaID, replicaName())
+	store, err := openStore(ctx, cfg, replica)
 	if err != nil {
 		return nil, err
 	}
@@ -60,25 +64,42 @@ func wire(ctx context.Context, cfg config, log *slog.Logger) (*gateway, error) {
 	}
 
 	hub := inmem.NewHub(0)
-	runner := turn.New(store, model, hub, log, turn.Config{
+	tcfg := turn.Config{
 		Workers: cfg.Workers, MaxQueued: cfg.MaxQueued, TurnTimeout: cfg.TurnTimeout, Grace: cfg.Grace,
 		HistoryLimit: cfg.History, ContextTokens: cfg.Context, MaxTokens: cfg.LLMMaxTokens,
 		SystemPrompt: cfg.SystemPrompt,
-	})
+	}
+	var (
+		runner  *turn.Runner
+		api     httpapi.Runner
+		jobs    []func(context.Context) error
+		closers []func() error
+		checks  []httpapi.Check
+	)
+	if cfg.Kafka == "" {
+		runner = turn.New(store, model, hub, log, tcfg)
+		api = runner
+	} else {
+		b, err := wireBus(cfg, replica, store, model, hub, tcfg, log, reg)
+		if err != nil {
+			return nil, errors.Join(err, store.Close())
+		}
+		runner, api, jobs, closers = b.runner, b.api, b.jobs, b.closers
+		checks = append(checks, b.check)
+	}
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "turns_queued", Help: "Turns accepted and not finished (waiting or running).",
 	}, func() float64 { return float64(runner.Queued()) }))
 
-	var closers []func() error
 	limiter, limitCheck, err := chooseLimiter(cfg, log)
 	if err != nil {
-		return nil, errors.Join(err, store.Close())
+		return nil, errors.Join(err, (&gateway{store: store, closer: closers}).close())
 	}
 	if limitCheck.Probe != nil {
 		closers = append(closers, limitCheck.close)
 	}
 
-	checks := []httpapi.Check{
+	checks = append([]httpapi.Check{
 		{Name: "store", Required: true, Probe: store.Ping},
 		{Name: "llm", Probe: func(context.Context) error {
 			if cfg.Profile == "prod" && cfg.LLMBaseURL == "" && cfg.AnthropicKey == "" {
@@ -86,15 +107,22 @@ func wire(ctx context.Context, cfg config, log *slog.Logger) (*gateway, error) {
 			}
 			return nil
 		}},
-	}
+	}, checks...)
 	if limitCheck.Probe != nil {
 		checks = append(checks, limitCheck.Check)
 	}
-	api := httpapi.New(runner, model, store, hub, anonymous(cfg), limiter, checks, log, reg, httpapi.Config{
+	srv := httpapi.New(api, model, store, hub, anonymous(cfg), limiter, checks, log, reg, httpapi.Config{
 		MaxBodyBytes: cfg.MaxBody, MaxMessageBytes: cfg.MaxMessage,
 		TenantLimit: inmem.Limit{Rate: cfg.TenantRPM, Per: time.Minute},
 	})
-	return &gateway{store: store, runner: runner, api: api, closer: closers}, nil
+	return &gateway{store: store, runner: runner, api: srv, jobs: jobs, closer: closers}, nil
+}
+
+// replicaName names this process on the event bus: the host name and a random suffix, so
+// that two processes on one host differ.
+func replicaName() string {
+	host, _ := os.Hostname()
+	return cmp.Or(host, "agate") + "-" + uuid.NewString()[:8]
 }
 
 // redisCheck is the health component of a Redis-backed limiter, and its client's close.
@@ -137,17 +165,19 @@ func anonymous(cfg config) authn.Anonymous {
 
 // openStore opens the PostgreSQL store when POSTGRES_DSN is set, else the embedded SQLite
 // store. Both bring their schema up to date (`agate migrate` is just that).
-func openStore(ctx context.Context, cfg config) (turn.Store, error) {
+// With Kafka configured the store also writes the outbox, its records marked as origin's.
+func openStore(ctx context.Context, cfg config, origin string) (turn.Store, error) {
+	bus := cfg.Kafka != ""
 	if cfg.PostgresDSN != "" {
 		s, err := postgres.Open(ctx, cfg.PostgresDSN, postgres.Config{
-			MaxConns: cfg.PostgresMax, StatementTimeout: cfg.PostgresStmt,
+			MaxConns: cfg.PostgresMax, StatementTimeout: cfg.PostgresStmt, Bus: bus, Origin: origin,
 		})
 		if err != nil {
 			return nil, err
 		}
 		return s, nil
 	}
-	s, err := sqlite.Open(ctx, filepath.Join(cfg.DataDir, "agate.db"), sqlite.Config{Relaxed: cfg.SQLiteRelax})
+	s, err := sqlite.Open(ctx, filepath.Join(cfg.DataDir, "agate.db"), sqlite.Config{Relaxed: cfg.SQLiteRelax, Bus: bus, Origin: origin})
 	if err != nil {
 		return nil, err
 	}
@@ -163,7 +193,7 @@ func migrate(ctx context.Context, cfg config, log *slog.Logger) error {
 		log.Info("store schema is up to date", "store", "postgres")
 		return nil
 	}
-	st, err := openStore(ctx, cfg)
+	st, err := openStore(ctx, cfg, "")
 	if err != nil {
 		return err
 	}
