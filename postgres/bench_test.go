@@ -16,7 +16,8 @@ import (
 )
 
 // BenchmarkAccept measures Accept into an existing session, serially and from parallel
-// goroutines (which all write to that one session, so they queue on its row lock). Besides
+// goroutines (which all write to that one session, so they queue on its row lock), and
+// serially with the bus enabled (two outbox records more per Accept). Besides
 // wall time it reports the CPU time (user+sys) per Accept of this process as "cpu-µs/op"
 // (pgx, encoding, GC) and, when the server runs on this machine and its processes are
 // readable, of the server backends serving the store as "server-cpu-µs/op".
@@ -24,9 +25,10 @@ func BenchmarkAccept(b *testing.B) {
 	for _, bc := range []struct {
 		name     string
 		parallel bool
-	}{{"serial", false}, {"parallel", true}} {
+		bus      bool
+	}{{"serial", false, false}, {"parallel", true, false}, {"serial-bus", false, true}} {
 		b.Run(bc.name, func(b *testing.B) {
-			s := open(b, freshDatabase(b), postgres.Config{})
+			s := open(b, freshDatabase(b), postgres.Config{Bus: bc.bus, Origin: "r1"})
 			first, err := s.Accept(b.Context(), agate.Inbound{Tenant: "acme", Subject: "alice", Message: "hello"})
 			if err != nil {
 				b.Fatal(err)

@@ -201,7 +201,7 @@ func TestCacheNeverServesAStaleTranscriptAcrossARedisOutage(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			srv := startServer(t)
-			client := newClient(t, srv.url())
+			client := newClient(t, srv.URL())
 			s := newFakeStore()
 			cfg := testConfig("agatetest:")
 			cfg.MaxDirty = tc.maxDirty
@@ -213,7 +213,7 @@ func TestCacheNeverServesAStaleTranscriptAcrossARedisOutage(t *testing.T) {
 			}
 
 			// The server stops, saving the cached transcripts; it will come back with them.
-			srv.shutdown(true)
+			srv.Shutdown(true)
 			for _, id := range sessions {
 				s.turn(id, "question during the outage")
 				c.Invalidate(t.Context(), id) // cannot reach Redis
@@ -229,7 +229,7 @@ func TestCacheNeverServesAStaleTranscriptAcrossARedisOutage(t *testing.T) {
 				t.Fatal("reads during the outage were not served by the store")
 			}
 
-			srv.start()
+			srv.Start()
 			stale, err := client.HExists(t.Context(), "agatetest:tx:"+sessions[0].String(), "data").Result()
 			if err != nil || !stale {
 				t.Fatalf("the restarted server does not hold the stale transcript (%v, %v); the test proves nothing", stale, err)

@@ -164,7 +164,7 @@ func TestLimiterReplicasShareOneLimit(t *testing.T) {
 
 func TestLimiterKeepsLimitingWhileRedisIsDownAndRecovers(t *testing.T) {
 	srv := startServer(t)
-	client := newClient(t, srv.url())
+	client := newClient(t, srv.URL())
 	cfg := testConfig("agatetest:")
 	cfg.Replicas = 2
 	l := redis.NewLimiter(client, nil, cfg)
@@ -177,7 +177,7 @@ func TestLimiterKeepsLimitingWhileRedisIsDownAndRecovers(t *testing.T) {
 		t.Fatalf("with Redis up: %d allowed, key in Redis %v, degraded %v; want 3, true, false", n, fromRedis("before"), l.Degraded())
 	}
 
-	srv.shutdown(false)
+	srv.Shutdown(false)
 	// Every request is still answered, and the limit, divided among 2 replicas, holds.
 	if n := countAllowed(t, l, "tenant:acme", slowLimit, 30); n != 5 {
 		t.Fatalf("Redis down: %d of 30 requests allowed, want 5 (limit 10 over 2 replicas)", n)
@@ -186,7 +186,7 @@ func TestLimiterKeepsLimitingWhileRedisIsDownAndRecovers(t *testing.T) {
 		t.Fatal("Degraded() = false with Redis down")
 	}
 
-	srv.start() // empty: its state is gone, and so is its script cache
+	srv.Start() // empty: its state is gone, and so is its script cache
 	eventually(t, "recovered", func() bool {
 		mustAllow(t, l, "probe", slowLimit)
 		return !l.Degraded()

@@ -3,16 +3,11 @@ package redis_test
 import (
 	"context"
 	"crypto/rand"
-	"errors"
-	"fmt"
-	"net"
 	"os"
-	"os/exec"
-	"path/filepath"
-	"strconv"
 	"testing"
 	"time"
 
+	"github.com/agate-gw/agate/internal/testsvc"
 	"github.com/agate-gw/agate/redis"
 	goredis "github.com/redis/go-redis/v9"
 )
@@ -82,113 +77,12 @@ func testPrefix(t testing.TB, c *goredis.Client) string {
 	return prefix
 }
 
-// server is a private redis-server on a spare loopback port.
-type server struct {
-	t    testing.TB
-	bin  string
-	port int
-	dir  string // working directory, where SHUTDOWN SAVE writes dump.rdb
-	cmd  *exec.Cmd
-	done chan struct{} // closed when cmd has exited
-}
-
-// startServer starts a private redis-server.
-func startServer(t testing.TB) *server {
+// startServer starts a private redis-server for t (see testsvc.StartRedis), which a test
+// may stop without disturbing the shared server.
+func startServer(t testing.TB) *testsvc.Redis {
 	t.Helper()
 	redisURL(t) // the private servers are part of the Redis tests
-	bin, err := exec.LookPath("redis-server")
-	skipUnless(t, err == nil, "redis-server is not installed (apt-get install redis-server)")
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
-	s := &server{t: t, bin: bin, port: port, dir: t.TempDir()}
-	s.start()
-	t.Cleanup(s.kill)
-	return s
-}
-
-func (s *server) url() string { return fmt.Sprintf("redis://127.0.0.1:%d/0", s.port) }
-
-// start starts the server (again) on its port, loading dump.rdb if there is one, and
-// waits until it answers.
-func (s *server) start() {
-	s.t.Helper()
-	s.cmd = exec.Command(s.bin, "--port", strconv.Itoa(s.port), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no", "--dir", s.dir, "--logfile", filepath.Join(s.dir, "redis.log"))
-	if err := s.cmd.Start(); err != nil {
-		s.t.Fatal(err)
-	}
-	done := make(chan struct{})
-	s.done = done
-	go func(cmd *exec.Cmd) { cmd.Wait(); close(done) }(s.cmd)
-
-	c, err := goredis.ParseURL(s.url())
-	if err != nil {
-		s.t.Fatal(err)
-	}
-	c.MaxRetries = -1
-	probe := goredis.NewClient(c)
-	defer probe.Close()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		err := probe.Ping(ctx).Err()
-		cancel()
-		if err == nil {
-			return
-		}
-		select {
-		case <-done:
-			log, _ := os.ReadFile(filepath.Join(s.dir, "redis.log"))
-			s.t.Fatalf("redis-server on port %d exited: %s", s.port, log)
-		default:
-		}
-		if time.Now().After(deadline) {
-			s.t.Fatalf("redis-server on port %d does not answer: %v", s.port, err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-// shutdown stops the server with SHUTDOWN SAVE or NOSAVE and waits for it to exit.
-func (s *server) shutdown(save bool) {
-	s.t.Helper()
-	c := goredis.NewClient(&goredis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", s.port), MaxRetries: -1})
-	defer c.Close()
-	mode := "NOSAVE"
-	if save {
-		mode = "SAVE"
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	// The server closes the connection instead of answering a successful SHUTDOWN.
-	if err := c.Do(ctx, "SHUTDOWN", mode).Err(); err != nil && !errors.Is(err, net.ErrClosed) && err.Error() != "EOF" && !isConnReset(err) {
-		s.t.Logf("SHUTDOWN %s: %v", mode, err)
-	}
-	select {
-	case <-s.done:
-	case <-time.After(10 * time.Second):
-		s.t.Fatalf("redis-server on port %d did not exit after SHUTDOWN %s", s.port, mode)
-	}
-}
-
-func isConnReset(err error) bool {
-	var op *net.OpError
-	return errors.As(err, &op)
-}
-
-// kill kills the server if it runs, and waits for it.
-func (s *server) kill() {
-	select {
-	case <-s.done:
-		return
-	default:
-	}
-	s.cmd.Process.Kill()
-	<-s.done
+	return testsvc.StartRedis(t)
 }
 
 // eventually calls f until it returns true, failing t after 10s. It never asserts on
