@@ -20,9 +20,11 @@ import (
 type Producer interface {
 	// Publish publishes r and waits for the brokers' acknowledgement.
 	Publish(ctx context.Context, r kafka.Record) error
-	// PublishBatch publishes rs, keeping the order of records with one key, and returns
-	// how many of rs, from the first, are known to be stored.
-	PublishBatch(ctx context.Context, rs []kafka.Record) (int, error)
+	// PublishBatch publishes rs, keeping the order of records with one key (a failed
+	// record fails the later ones with its key), and returns one error per record, nil
+	// for those stored; an error with a code other than agate.EUnavailable is a refusal
+	// that a retry will not change.
+	PublishBatch(ctx context.Context, rs []kafka.Record) []error
 	// Go publishes r without waiting; done, if not nil, gets the outcome.
 	Go(r kafka.Record, done func(error))
 }
@@ -31,6 +33,7 @@ type Producer interface {
 // says what to do with the session whose id is the record's key.
 const (
 	HeaderControl  = "x-agate-control"
-	ControlCancel  = "cancel" // stop the session's running turn
-	ControlDeleted = "forget" // the session was deleted: drop its turns and streams
+	HeaderTurn     = "x-agate-turn" // with ControlCancel: the metadata.turn_id of the turn to stop
+	ControlCancel  = "cancel"       // stop the session's running turn, if it is HeaderTurn's
+	ControlDeleted = "forget"       // the session was deleted: drop its turns and streams
 )

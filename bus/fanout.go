@@ -15,7 +15,7 @@ import (
 type Hub interface {
 	Publish(ev agate.Event)
 	Drop(session uuid.UUID)
-	Running(session uuid.UUID) bool
+	Running(session uuid.UUID) (turn string, ok bool)
 }
 
 // Turns is what control records act on (turn.Runner).
@@ -52,8 +52,10 @@ func (f *Fanout) Handle(_ context.Context, r kafka.Record) error {
 		}
 		switch ctl {
 		case ControlCancel:
-			if f.turns.Cancel(session) {
-				f.log.Info("turn cancelled from another replica", "session_id", session)
+			// Only the turn the client saw running: a cancel that comes late must not stop
+			// the session's next turn.
+			if turn, ok := f.hub.Running(session); ok && turn == r.Headers[HeaderTurn] && f.turns.Cancel(session) {
+				f.log.Info("turn cancelled from another replica", "session_id", session, "turn", turn)
 			}
 		case ControlDeleted:
 			f.turns.Forget(session)

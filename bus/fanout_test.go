@@ -40,7 +40,9 @@ func TestFanoutFeedsTheHub(t *testing.T) {
 	defer sub.Close()
 	ctx := context.Background()
 
-	started := agate.Event{EventID: uuid.New(), SessionID: session, Seq: 2, Type: agate.TypeStarted, Role: agate.RoleAssistant}
+	turn := uuid.NewString()
+	started := agate.Event{EventID: uuid.New(), SessionID: session, Seq: 2, Type: agate.TypeStarted, Role: agate.RoleAssistant,
+		Metadata: map[string]any{"turn_id": turn}}
 	if err := f.Handle(ctx, record(t, started, "me")); err != nil {
 		t.Fatal(err)
 	}
@@ -53,14 +55,21 @@ func TestFanoutFeedsTheHub(t *testing.T) {
 	if ev := <-sub.Events(); ev.EventID != started.EventID {
 		t.Errorf("hub got %+v", ev)
 	}
-	if !hub.Running(session) {
-		t.Error("hub does not know the remote turn runs")
+	if running, ok := hub.Running(session); !ok || running != turn {
+		t.Errorf("hub says turn %q runs (%v), want %s", running, ok, turn)
 	}
 
 	ctl := func(what string) kafka.Record {
 		return kafka.Record{Key: []byte(session.String()), Headers: map[string]string{bus.HeaderControl: what, agate.HeaderOrigin: "other"}}
 	}
-	if err := f.Handle(ctx, ctl(bus.ControlCancel)); err != nil || len(tr.cancelled) != 1 {
+	late := ctl(bus.ControlCancel)
+	late.Headers[bus.HeaderTurn] = uuid.NewString() // a turn that has ended since
+	if err := f.Handle(ctx, late); err != nil || len(tr.cancelled) != 0 {
+		t.Errorf("cancel of another turn: err %v, cancelled %v; want nothing cancelled", err, tr.cancelled)
+	}
+	cancel := ctl(bus.ControlCancel)
+	cancel.Headers[bus.HeaderTurn] = turn
+	if err := f.Handle(ctx, cancel); err != nil || len(tr.cancelled) != 1 {
 		t.Errorf("cancel: err %v, cancelled %v", err, tr.cancelled)
 	}
 	if err := f.Handle(ctx, ctl(bus.ControlDeleted)); err != nil || len(tr.forgotten) != 1 {

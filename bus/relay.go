@@ -1,6 +1,7 @@
 package bus
 
 import (
+	"cmp"
 	"context"
 	"log/slog"
 	"sync/atomic"
@@ -11,11 +12,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// Outbox is the part of the store the relay reads; turn.Store implements it.
+// Outbox is the part of the store the relay uses; turn.Store implements it.
 type Outbox interface {
 	LeaseOutbox(ctx context.Context, holder string, ttl time.Duration) (bool, error)
 	Unsent(ctx context.Context, limit int) ([]agate.OutboxRecord, error)
 	MarkSent(ctx context.Context, ids ...int64) error
+	AddDeadLetter(ctx context.Context, d agate.DeadLetter) error
 }
 
 // RelayConfig tunes a Relay. Holder is required.
@@ -109,70 +111,122 @@ func (r *Relay) setErr(err error) {
 	r.err.Store(&err)
 }
 
-// Run relays until ctx is done. It returns nil.
+// Run relays until ctx is done, then gives the lease up so that another replica relays at
+// once. It returns nil.
 func (r *Relay) Run(ctx context.Context) error {
-	var (
-		leading bool
-		renewAt time.Time
-		backoff time.Duration
-	)
-	poll := time.NewTicker(r.cfg.Poll)
-	defer poll.Stop()
 	for {
-		if time.Now().After(renewAt) {
-			ok, err := r.store.LeaseOutbox(ctx, r.cfg.Holder, r.cfg.Lease)
-			if err != nil && ctx.Err() == nil {
-				r.log.Warn("outbox lease", "err", err)
-			}
-			if ok != leading {
-				r.log.Info("outbox relay role", "leader", ok)
-			}
-			leading = ok && err == nil
-			if err != nil || !leading {
-				r.setErr(err) // a leader's error is the relay's, until it relays again
-			}
-			renewAt = time.Now().Add(r.cfg.Lease / 3)
-			r.leader.Set(map[bool]float64{true: 1}[leading])
-		}
-		wait := r.cfg.Poll
-		if leading {
-			more, err := r.relay(ctx)
-			r.setErr(err)
-			switch {
-			case err != nil:
-				backoff = min(max(2*backoff, r.cfg.Poll), r.cfg.Max)
-				wait = backoff
-				if ctx.Err() == nil {
-					r.log.Warn("outbox relay; retrying", "err", err, "retry_in", backoff)
-				}
-			case more:
-				backoff, wait = 0, 0
-			default:
-				backoff = 0
-			}
-		}
-		if wait == 0 {
-			if ctx.Err() != nil {
-				return nil
-			}
-			continue
-		}
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !r.acquire(ctx) {
 			return nil
-		case <-t.C:
-		case <-r.wake:
-			t.Stop()
-		case <-poll.C:
-			t.Stop()
+		}
+		r.lead(ctx)
+		if ctx.Err() != nil {
+			// Give the role up at once rather than leaving the others to wait out the lease.
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+			if _, err := r.store.LeaseOutbox(rctx, r.cfg.Holder, time.Nanosecond); err != nil {
+				r.log.Warn("release the outbox lease", "err", err)
+			}
+			cancel()
+			r.leader.Set(0)
+			return nil
 		}
 	}
 }
 
+// acquire tries to take the lease every third of its length until it holds it (true) or
+// ctx is done (false).
+func (r *Relay) acquire(ctx context.Context) bool {
+	for {
+		ok, err := r.store.LeaseOutbox(ctx, r.cfg.Holder, r.cfg.Lease)
+		if ctx.Err() != nil {
+			return false
+		}
+		if err != nil {
+			r.log.Warn("outbox lease", "err", err)
+		}
+		r.setErr(err)
+		if ok {
+			r.log.Info("outbox relay role taken")
+			r.leader.Set(1)
+			return true
+		}
+		if !sleep(ctx, r.cfg.Lease/3) {
+			return false
+		}
+	}
+}
+
+// lead relays while it holds the lease. A goroutine renews the lease every third of its
+// length; when a renewal fails the relay stops at once, before another replica may take
+// over, so that two relays do not interleave.
+func (r *Relay) lead(ctx context.Context) {
+	lctx, lost := context.WithCancel(ctx)
+	defer lost()
+	renewed := make(chan struct{})
+	go func() {
+		defer close(renewed)
+		defer lost()
+		for sleep(lctx, r.cfg.Lease/3) {
+			ok, err := r.store.LeaseOutbox(lctx, r.cfg.Holder, r.cfg.Lease)
+			if lctx.Err() != nil {
+				return
+			}
+			if !ok || err != nil {
+				r.log.Warn("outbox relay role lost", "err", err)
+				r.setErr(err)
+				r.leader.Set(0)
+				return
+			}
+		}
+	}()
+	defer func() { <-renewed }()
+
+	poll := time.NewTicker(r.cfg.Poll)
+	defer poll.Stop()
+	var backoff time.Duration
+	for {
+		more, err := r.relay(lctx)
+		if lctx.Err() != nil {
+			return
+		}
+		r.setErr(err)
+		if err != nil {
+			// Back off whatever pokes: a failing Kafka or store is not retried faster
+			// because messages keep coming.
+			backoff = min(max(2*backoff, r.cfg.Poll), r.cfg.Max)
+			r.log.Warn("outbox relay; retrying", "err", err, "retry_in", backoff)
+			if !sleep(lctx, backoff) {
+				return
+			}
+			continue
+		}
+		backoff = 0
+		if more {
+			continue
+		}
+		select {
+		case <-lctx.Done():
+			return
+		case <-r.wake:
+		case <-poll.C:
+		}
+	}
+}
+
+// sleep waits d and reports whether ctx is still live.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
 // relay publishes one batch of unsent records, and reports whether the outbox may hold
-// more.
+// more. A record Kafka refuses for good (too large, a topic it may not write) is moved to
+// the dead letters, so that it does not hold up every record behind it.
 func (r *Relay) relay(ctx context.Context) (more bool, err error) {
 	recs, err := r.store.Unsent(ctx, r.cfg.Batch)
 	if err != nil || len(recs) == 0 {
@@ -182,25 +236,41 @@ func (r *Relay) relay(ctx context.Context) (more bool, err error) {
 	for i, rec := range recs {
 		out[i] = kafka.Record{Topic: r.cfg.Topic(rec.Topic), Key: []byte(rec.Key), Value: rec.Payload, Headers: rec.Headers}
 	}
-	n, perr := r.prod.PublishBatch(ctx, out)
-	for i := range n {
-		r.published.WithLabelValues(recs[i].Topic, "ok").Inc()
-	}
-	if n < len(recs) {
-		r.published.WithLabelValues(recs[n].Topic, "error").Inc()
-	}
-	if n > 0 {
-		ids := make([]int64, n)
-		for i := range n {
-			ids[i] = recs[i].ID
+	var (
+		done    = make([]int64, 0, len(recs)) // published, or refused and dead-lettered
+		retry   error                         // the first error worth retrying
+		refused bool
+	)
+	for i, err := range r.prod.PublishBatch(ctx, out) {
+		rec := recs[i]
+		switch {
+		case err == nil:
+			r.published.WithLabelValues(rec.Topic, "ok").Inc()
+			done = append(done, rec.ID)
+		case ctx.Err() == nil && agate.ErrorCode(err) != agate.EUnavailable:
+			r.published.WithLabelValues(rec.Topic, "refused").Inc()
+			r.log.Error("Kafka refused an outbox record; it goes to the dead letters", "topic", rec.Topic, "key", rec.Key, "err", err)
+			if derr := r.store.AddDeadLetter(ctx, agate.DeadLetter{
+				Topic: out[i].Topic, Partition: -1, Offset: rec.ID, Key: out[i].Key, Payload: rec.Payload,
+				Headers: rec.Headers, Error: err.Error(),
+			}); derr != nil {
+				retry = cmp.Or(retry, derr)
+				continue
+			}
+			done, refused = append(done, rec.ID), true
+		default:
+			r.published.WithLabelValues(rec.Topic, "error").Inc()
+			retry = cmp.Or(retry, err)
 		}
+	}
+	if len(done) > 0 {
 		// Store the progress even when ctx just ended: these are published.
-		if err := r.store.MarkSent(context.WithoutCancel(ctx), ids...); err != nil {
+		if err := r.store.MarkSent(context.WithoutCancel(ctx), done...); err != nil {
 			return false, err // they will be published again: consumers dedupe
 		}
 	}
-	if perr != nil {
-		return false, perr
+	if retry != nil {
+		return false, retry
 	}
-	return len(recs) == r.cfg.Batch, nil
+	return refused || len(recs) == r.cfg.Batch, nil
 }

@@ -7,6 +7,7 @@ import (
 	"net"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -234,7 +235,8 @@ func TestRelayWaitsOutKafkaOutage(t *testing.T) {
 }
 
 // TestOneRelayAtATime runs two relays on one store: one holds the lease, so every record
-// is published once and in order; when it stops the other takes over.
+// is published once and in order; when it stops it gives the lease up and the other takes
+// over without waiting for it to expire.
 func TestOneRelayAtATime(t *testing.T) {
 	c, err := kfake.NewCluster(kfake.NumBrokers(1))
 	if err != nil {
@@ -245,7 +247,7 @@ func TestOneRelayAtATime(t *testing.T) {
 	store := openStore(t, "a")
 	prod := newProducer(t, cfg)
 	relayCfg := func(holder string) bus.RelayConfig {
-		return bus.RelayConfig{Holder: holder, Topic: cfg.Topic, Poll: 2 * time.Millisecond, Lease: 300 * time.Millisecond}
+		return bus.RelayConfig{Holder: holder, Topic: cfg.Topic, Poll: 2 * time.Millisecond, Lease: 6 * time.Second}
 	}
 	ctxA, stopA := context.WithCancel(context.Background())
 	doneA := make(chan error, 1)
@@ -261,10 +263,12 @@ func TestOneRelayAtATime(t *testing.T) {
 	})
 	stopA()
 	<-doneA
-	want = append(want, accept(t, store, sessions, 25, 5)...) // b takes over once a's lease expires
-
 	r := read(t, c.ListenAddrs(), "t."+agate.TopicInbound, "t."+agate.TopicOutbound)
-	waitFor(t, "every record", 10*time.Second, func() bool { return len(r.records()) >= len(want) })
+	waitFor(t, "the first records", 10*time.Second, func() bool { return len(r.records()) >= len(want) })
+	want = append(want, accept(t, store, sessions, 25, 5)...)
+	// b tries the lease every 2s (a third of it) and takes it at its next try; had a kept it,
+	// b would wait at least 4s more (a renewed it at most 2s before it stopped).
+	waitFor(t, "b to relay before a's lease would have expired", 3500*time.Millisecond, func() bool { return len(r.records()) >= len(want) })
 	time.Sleep(100 * time.Millisecond) // room for duplicates to show
 	got := seen(t, r.records())
 	for k, n := range got {
@@ -274,5 +278,47 @@ func TestOneRelayAtATime(t *testing.T) {
 	}
 	if len(got) != len(want) {
 		t.Errorf("%d records published, want %d", len(got), len(want))
+	}
+}
+
+// TestRefusedRecordGoesToTheDeadLettersAndTheRestIsRelayed writes a record larger than
+// Kafka takes: it is moved to the dead letters instead of holding up the outbox.
+func TestRefusedRecordGoesToTheDeadLettersAndTheRestIsRelayed(t *testing.T) {
+	c, err := kfake.NewCluster(kfake.NumBrokers(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	cfg := kafkaConfig(c.ListenAddrs())
+	store := openStore(t, "a")
+	run(t, bus.NewRelay(store, newProducer(t, cfg), bus.RelayConfig{Holder: "a", Topic: cfg.Topic, Poll: 5 * time.Millisecond}, quiet, nil).Run)
+
+	ctx := context.Background()
+	huge, err := store.Accept(ctx, agate.Inbound{Tenant: "t", Message: strings.Repeat("x", 2<<20)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := accept(t, store, []uuid.UUID{huge.Turn.SessionID}, 0, 3)
+	waitFor(t, "the outbox to empty", 10*time.Second, func() bool {
+		recs, err := store.Unsent(ctx, 1)
+		return err == nil && len(recs) == 0
+	})
+	dead, err := store.DeadLetters(ctx, "", 0, 10)
+	if err != nil || len(dead) != 1 {
+		t.Fatalf("dead letters: %d (%v), want the one oversized record", len(dead), err)
+	}
+	if d := dead[0]; d.Topic != "t."+agate.TopicOutbound || len(d.Payload) < 2<<20 || d.Error == "" {
+		t.Errorf("dead letter: topic %s, %d bytes, error %q", d.Topic, len(d.Payload), d.Error)
+	}
+	r := read(t, c.ListenAddrs(), "t."+agate.TopicInbound, "t."+agate.TopicOutbound)
+	waitFor(t, "the other records", 10*time.Second, func() bool { return len(seen(t, r.records())) >= len(want)+1 })
+	got := seen(t, r.records())
+	for _, k := range want {
+		if got[k] != 1 {
+			t.Errorf("record %v relayed %d times, want once", k, got[k])
+		}
+	}
+	if got[id{"t." + agate.TopicInbound, huge.Turn.ID}] != 1 {
+		t.Errorf("the turn of the oversized message was relayed %d times, want once", got[id{"t." + agate.TopicInbound, huge.Turn.ID}])
 	}
 }

@@ -2,7 +2,6 @@ package bus
 
 import (
 	"context"
-	"time"
 
 	"github.com/agate-gw/agate"
 	"github.com/agate-gw/agate/kafka"
@@ -32,34 +31,32 @@ func NewRunner(local LocalRunner, hub Hub, prod Producer, topic, origin string) 
 	return &Runner{LocalRunner: local, hub: hub, prod: prod, topic: topic, origin: origin}
 }
 
-// controlTimeout bounds the publish of a control record.
-const controlTimeout = 2 * time.Second
-
 // Cancel stops the session's running turn, here or on the replica that runs it, and reports
-// whether one was running.
+// whether one was running, as far as this replica knows. It does not wait for Kafka.
 func (r *Runner) Cancel(session uuid.UUID) bool {
 	if r.LocalRunner.Cancel(session) {
 		return true
 	}
-	if !r.hub.Running(session) {
+	turn, ok := r.hub.Running(session)
+	if !ok {
 		return false
 	}
-	return r.control(session, ControlCancel) == nil
+	r.control(session, ControlCancel, map[string]string{HeaderTurn: turn})
+	return true
 }
 
-// Forget drops the session's turns here and on every other replica.
+// Forget drops the session's turns here and, without waiting for Kafka, on every other
+// replica. A replica the record does not reach ends the turn when its next write finds the
+// session gone.
 func (r *Runner) Forget(session uuid.UUID) {
 	r.LocalRunner.Forget(session)
-	// Best effort: a replica that misses it ends the turn when its next write finds the
-	// session gone.
-	_ = r.control(session, ControlDeleted)
+	r.control(session, ControlDeleted, nil)
 }
 
-func (r *Runner) control(session uuid.UUID, what string) error {
-	ctx, cancel := context.WithTimeout(context.Background(), controlTimeout)
-	defer cancel()
-	return r.prod.Publish(ctx, kafka.Record{
-		Topic: r.topic, Key: []byte(session.String()),
-		Headers: map[string]string{HeaderControl: what, agate.HeaderOrigin: r.origin},
-	})
+func (r *Runner) control(session uuid.UUID, what string, headers map[string]string) {
+	h := map[string]string{HeaderControl: what, agate.HeaderOrigin: r.origin}
+	for k, v := range headers {
+		h[k] = v
+	}
+	r.prod.Go(kafka.Record{Topic: r.topic, Key: []byte(session.String()), Headers: h}, nil)
 }

@@ -63,10 +63,10 @@ type follower struct {
 	*Server
 	session uuid.UUID
 	c       cursor
-	ended   int64 // seq of the latest terminal event seen
 	holdEnd int64 // replay stops before the first terminal after this seq (0: no stop)
-	// The latest turn whose start the client has, by metadata.turn_id: only its stream is
-	// sent, until its end. Stream events of other replicas' turns can come late or early.
+	held    bool  // replay stopped there: the end is awaited from the hub
+	// The latest turn the client knows of, by metadata.turn_id: only its stream is sent,
+	// until its end. Stream events of other replicas' turns can come late or early.
 	turn     string
 	turnSeq  int64
 	turnOver bool
@@ -81,11 +81,16 @@ type follower struct {
 // errDraining on shutdown, errGone when the session is deleted, or send's error.
 //
 // The turn running when sub began streams to the client piece by piece: the replay from
-// the store stops before that turn's end, which arrives through sub after its stream.
+// the store stops before that turn's end, which arrives through sub after its stream. If
+// it does not come within holdWait (the hub's view was stale, as it can be for a turn run
+// by another replica), the end is sent from the store.
 func (s *Server) follow(ctx context.Context, sub *inmem.Subscription, session uuid.UUID, c cursor,
 	send func(ev agate.Event, id string) error, beat <-chan time.Time, heartbeat func() error) error {
 	running, live, streaming := sub.Snapshot()
 	f := &follower{Server: s, session: session, c: c, holdEnd: running, send: send}
+	hold := time.NewTimer(holdWait)
+	hold.Stop()
+	defer hold.Stop()
 	if running > 0 && running <= c.seq {
 		// The client has the running turn's start: read the stored events from there to
 		// its cursor, to know that turn and whether it has ended (the hub can be behind
@@ -97,8 +102,11 @@ func (s *Server) follow(ctx context.Context, sub *inmem.Subscription, session uu
 	if err := f.replay(ctx, -1); err != nil {
 		return err
 	}
+	if f.held {
+		hold.Reset(holdWait)
+	}
 	if streaming {
-		if err := f.deliver(live); err != nil {
+		if err := f.piece(ctx, live); err != nil {
 			return err
 		}
 	}
@@ -112,7 +120,15 @@ func (s *Server) follow(ctx context.Context, sub *inmem.Subscription, session uu
 			if err := heartbeat(); err != nil {
 				return err
 			}
+		case <-hold.C:
+			f.holdEnd, f.held = 0, false
+			if err := f.replay(ctx, -1); err != nil {
+				return err
+			}
 		case ev, ok := <-sub.Events():
+			if ctx.Err() != nil {
+				return nil // the client is gone, though an event was ready too
+			}
 			if !ok {
 				switch {
 				case sub.Lagged():
@@ -124,6 +140,12 @@ func (s *Server) follow(ctx context.Context, sub *inmem.Subscription, session uu
 			}
 			// Stored events are published by more than one goroutine, so one may overtake
 			// another: fill any gap from the store first (seq has no gaps).
+			if ev.Type == agate.TypeStream {
+				if err := f.piece(ctx, ev); err != nil {
+					return err
+				}
+				continue
+			}
 			if !agate.Ephemeral(ev.Type) && ev.Seq > f.c.seq+1 {
 				// Stored events after the held-back end are here: that end must go first.
 				f.holdEnd = 0
@@ -137,12 +159,35 @@ func (s *Server) follow(ctx context.Context, sub *inmem.Subscription, session uu
 			}
 			if held != 0 && f.holdEnd == 0 {
 				// The held-back end has come: send what was stored after it, if anything.
+				hold.Stop()
+				f.held = false
 				if err := f.replay(ctx, -1); err != nil {
 					return err
 				}
 			}
 		}
 	}
+}
+
+// holdWait is how long a follower waits for the end of the turn that was running when it
+// began to come from the hub, after its stream, before it sends the end from the store.
+// A variable for tests.
+var holdWait = 2 * time.Second
+
+// piece sends a stream event of a turn the client knows and is still running. Of a turn
+// it does not know (this replica's hub missed its start: it runs on another replica, or
+// this one just started), it first reads what the store has from the piece's seq on, to
+// learn whether the turn ended.
+func (f *follower) piece(ctx context.Context, ev agate.Event) error {
+	if f.turn == "" && ev.Seq <= f.c.seq {
+		if err := f.skim(ctx, ev.Seq-1); err != nil {
+			return err
+		}
+		if f.turn == "" {
+			f.turn, f.turnSeq = turnOf(ev), ev.Seq
+		}
+	}
+	return f.deliver(ev)
 }
 
 // skim reads the stored events after seq from up to the cursor, which the client has, so
@@ -173,8 +218,9 @@ func (f *follower) note(ev agate.Event) bool {
 	case ev.Type == agate.TypeStarted && ev.Seq > f.turnSeq:
 		f.turn, f.turnSeq, f.turnOver = turnOf(ev), ev.Seq, false
 		return true
-	case agate.Terminal(ev.Type) && turnOf(ev) == f.turn:
-		f.turnOver = true
+	case agate.Terminal(ev.Type) && (turnOf(ev) == f.turn || f.turn == ""):
+		f.turn, f.turnOver = turnOf(ev), true
+		f.turnSeq = max(f.turnSeq, ev.Seq)
 	}
 	return false
 }
@@ -197,6 +243,7 @@ func (f *follower) replay(ctx context.Context, upTo int64) error {
 				return nil
 			}
 			if f.holdEnd != 0 && ev.Seq > f.holdEnd && agate.Terminal(ev.Type) {
+				f.held = true
 				return nil // it comes through the subscription, after the turn's stream
 			}
 			if err := f.deliver(ev); err != nil {
@@ -228,11 +275,8 @@ func (f *follower) deliver(ev agate.Event) error {
 		}
 	case ev.Seq <= f.c.seq:
 		f.note(ev)
-		if agate.Terminal(ev.Type) {
-			f.ended = max(f.ended, ev.Seq)
-			if ev.Seq > f.holdEnd {
-				f.holdEnd = 0
-			}
+		if agate.Terminal(ev.Type) && ev.Seq > f.holdEnd {
+			f.holdEnd = 0
 		}
 		return nil // sent already
 	default:
@@ -241,7 +285,7 @@ func (f *follower) deliver(ev agate.Event) error {
 			f.c.offset = 0 // offsets count into the running turn's text
 		}
 		if agate.Terminal(ev.Type) {
-			f.c.offset, f.ended = 0, ev.Seq
+			f.c.offset = 0
 			if ev.Seq > f.holdEnd {
 				f.holdEnd = 0
 			}

@@ -130,3 +130,53 @@ func TestFollowCatchesUpARunningStreamOnceAndSkipsEndedOnes(t *testing.T) {
 		t.Fatalf("frames after the end (-want +got):\n%s", diff)
 	}
 }
+
+// TestFollowPicksUpATurnItsHubMissedTheStartOf covers a replica whose hub never saw the
+// running turn start (it runs on another replica, and this one has just started): a piece
+// of it streams on from the client's offset, and a late piece of a turn whose end the
+// client has is not sent again.
+func TestFollowPicksUpATurnItsHubMissedTheStartOf(t *testing.T) {
+	r := newStreamRig(t)
+	r.append(t, agate.TypeStarted, nil)              // 2, never published here
+	thinking := r.append(t, agate.TypeThinking, nil) // 3
+	piece := func(text string) agate.Event {
+		return agate.Event{SessionID: r.session, Type: agate.TypeStream, Seq: thinking.Seq, Message: text, Offset: len(text),
+			Metadata: map[string]any{"turn_id": r.turn.ID.String()}}
+	}
+	sub := r.hub.Subscribe(r.session)
+	defer sub.Close()
+	r.hub.Publish(piece("Hello"))
+	got := r.collect(t, sub, cursor{seq: 3, offset: 3}, 1, nil)
+	if diff := cmp.Diff([]string{"3.5 assistant.stream lo"}, got); diff != "" {
+		t.Fatalf("frames (-want +got):\n%s", diff)
+	}
+
+	final := r.append(t, agate.TypeFinal, &r.turn) // 4
+	sub2 := r.hub.Subscribe(r.session)
+	defer sub2.Close()
+	r.hub.Publish(piece("Hello world")) // late: the client has the final
+	r.hub.Publish(final)                // published twice by the bus
+	next := r.append(t, agate.TypeThinking, nil)
+	r.hub.Publish(next)
+	got = r.collect(t, sub2, cursor{seq: 4}, 1, nil)
+	if diff := cmp.Diff([]string{"5 assistant.thinking "}, got); diff != "" {
+		t.Fatalf("frames after the end (-want +got):\n%s", diff)
+	}
+}
+
+// TestFollowSendsAHeldEndFromTheStoreWhenTheHubNeverBringsIt: the hub says a turn runs
+// but its end went by before (or never comes: a stale view); the client gets the stored
+// end after holdWait rather than waiting for the session's next event.
+func TestFollowSendsAHeldEndFromTheStoreWhenTheHubNeverBringsIt(t *testing.T) {
+	defer func(d time.Duration) { holdWait = d }(holdWait)
+	holdWait = 50 * time.Millisecond
+	r := newStreamRig(t)
+	r.hub.Publish(r.append(t, agate.TypeStarted, nil)) // 2
+	r.append(t, agate.TypeFinal, &r.turn)              // 3, never published
+	sub := r.hub.Subscribe(r.session)
+	defer sub.Close()
+	got := r.collect(t, sub, cursor{seq: 2}, 1, nil)
+	if diff := cmp.Diff([]string{"3 assistant.final "}, got); diff != "" {
+		t.Fatalf("frames (-want +got):\n%s", diff)
+	}
+}

@@ -3,6 +3,7 @@
 package inmem
 
 import (
+	"math"
 	"sync"
 
 	"github.com/agate-gw/agate"
@@ -56,8 +57,9 @@ func (r *recent) put(id uuid.UUID, seq int64) {
 type topic struct {
 	subs    map[*Subscription]struct{}
 	running int64       // seq of the running turn's assistant.started; 0 when none
+	turn    string      // its metadata.turn_id
 	live    agate.Event // the latest stream event of the running turn; zero when none
-	ended   int64       // seq of the latest terminal event
+	ended   int64       // seq of the latest terminal event; math.MaxInt64 once dropped
 }
 
 // NewHub returns a hub whose subscribers buffer up to buffer events (DefaultBuffer if <= 0).
@@ -146,6 +148,7 @@ func (h *Hub) Publish(ev agate.Event) {
 	case ev.Type == agate.TypeStarted:
 		if ev.Seq > t.running && ev.Seq > t.ended {
 			t.running, t.live = ev.Seq, agate.Event{}
+			t.turn, _ = ev.Metadata["turn_id"].(string)
 		}
 	case ev.Type == agate.TypeStream:
 		if t.running != 0 && ev.Seq >= t.running && (t.live.Type == "" || ev.Offset > t.live.Offset) {
@@ -153,7 +156,7 @@ func (h *Hub) Publish(ev agate.Event) {
 		}
 	case agate.Terminal(ev.Type):
 		if ev.Seq == 0 || ev.Seq >= t.running {
-			t.running, t.live = 0, agate.Event{}
+			t.running, t.live, t.turn = 0, agate.Event{}, ""
 		}
 		t.ended = max(t.ended, ev.Seq)
 	}
@@ -168,20 +171,25 @@ func (h *Hub) Publish(ev agate.Event) {
 	h.gc(ev.SessionID, t)
 }
 
-// Running reports whether a turn of the session is running, as far as the events
-// published to the hub tell.
-func (h *Hub) Running(session uuid.UUID) bool {
+// Running returns the metadata.turn_id of the session's running turn, and whether one is
+// running, as far as the events published to the hub tell.
+func (h *Hub) Running(session uuid.UUID) (turn string, ok bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	t := h.sessions[session]
-	return t != nil && t.running != 0
+	if t == nil || t.running == 0 {
+		return "", false
+	}
+	return t.turn, true
 }
 
 // Drop forgets a deleted session: its subscriptions are closed (Dropped reports true) and
-// its live stream state is cleared.
+// its live stream state is cleared. Events of its turns that come later (from another
+// replica, through the bus) reach subscribers but mark no turn running.
 func (h *Hub) Drop(session uuid.UUID) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	h.ended.put(session, math.MaxInt64)
 	t := h.sessions[session]
 	if t == nil {
 		return
@@ -191,6 +199,13 @@ func (h *Hub) Drop(session uuid.UUID) {
 		h.remove(s)
 	}
 	delete(h.sessions, session)
+}
+
+// Sessions returns the number of sessions the hub keeps state for, for tests.
+func (h *Hub) Sessions() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.sessions)
 }
 
 // Subscribers returns the number of live subscriptions, for metrics and tests.
@@ -220,7 +235,7 @@ func (h *Hub) remove(s *Subscription) {
 // gc forgets a session with neither subscribers nor a running turn; h.mu must be held.
 func (h *Hub) gc(session uuid.UUID, t *topic) {
 	if len(t.subs) == 0 && t.running == 0 && t.live.Type == "" {
-		if t.ended > 0 {
+		if t.ended > 0 && h.ended.seq[session] < t.ended {
 			h.ended.put(session, t.ended)
 		}
 		delete(h.sessions, session)

@@ -132,11 +132,24 @@ func TestTurnStateOnlyMovesForward(t *testing.T) {
 	if running, live := snapshot(); running != 0 || live != "" {
 		t.Fatalf("after the end: running %d, live %q; want nothing", running, live)
 	}
-	if hub.Running(s) {
+	if _, ok := hub.Running(s); ok {
 		t.Error("Running after the turn ended")
 	}
 	hub.Publish(agate.Event{SessionID: s, Seq: 6, Type: agate.TypeStarted}) // the next turn
-	if running, _ := snapshot(); running != 6 || !hub.Running(s) {
+	if running, _ := snapshot(); running != 6 {
 		t.Errorf("next turn: running %d, want 6", running)
+	}
+	if _, ok := hub.Running(s); !ok {
+		t.Error("next turn not running")
+	}
+
+	// Once the session is dropped (deleted), its events that come late mark nothing.
+	hub.Drop(s)
+	hub.Publish(agate.Event{SessionID: s, Seq: 7, Type: agate.TypeStarted})
+	if _, ok := hub.Running(s); ok {
+		t.Error("a deleted session's late start marked a turn running")
+	}
+	if n := hub.Sessions(); n != 0 {
+		t.Errorf("hub keeps %d sessions after the only one was dropped", n)
 	}
 }

@@ -13,8 +13,9 @@ import (
 
 // EnsureTopics creates those of names (full names, see Config.Topic) that do not exist yet, with
 // the given number of partitions and a replication factor of min(3, number of brokers). Topics
-// that exist are left alone; their partition count is not checked. Each request to the cluster
-// waits at most Config.ProduceTimeout.
+// that exist are left alone, and nothing is asked to be created when all exist (a client that
+// may not create topics works with topics made beforehand); their partition count is not
+// checked. Each request to the cluster waits at most Config.ProduceTimeout.
 //
 // When the cluster cannot be reached in time the error wraps agate.EUnavailable; when ctx is
 // cancelled it wraps ctx.Err(); a topic the cluster refuses to create (not authorized, invalid
@@ -39,10 +40,19 @@ func EnsureTopics(ctx context.Context, cfg Config, partitions int, names ...stri
 	adm := kadm.NewClient(cl)
 
 	mctx, cancel := context.WithTimeout(ctx, cfg.ProduceTimeout)
-	md, err := adm.BrokerMetadata(mctx)
+	md, err := adm.Metadata(mctx, names...)
 	cancel()
 	if err != nil {
 		return adminError(ctx, "kafka ensure topics: metadata", err)
+	}
+	var missing []string
+	for _, name := range names {
+		if t, ok := md.Topics[name]; !ok || t.Err != nil || len(t.Partitions) == 0 {
+			missing = append(missing, name)
+		}
+	}
+	if len(missing) == 0 {
+		return nil
 	}
 	replicas := int16(min(3, len(md.Brokers)))
 	if replicas < 1 {
@@ -51,7 +61,7 @@ func EnsureTopics(ctx context.Context, cfg Config, partitions int, names ...stri
 
 	cctx, cancel := context.WithTimeout(ctx, cfg.ProduceTimeout)
 	defer cancel()
-	created, err := adm.CreateTopics(cctx, int32(partitions), replicas, nil, names...)
+	created, err := adm.CreateTopics(cctx, int32(partitions), replicas, nil, missing...)
 	if err != nil {
 		return adminError(ctx, "kafka ensure topics: create", err)
 	}

@@ -10,23 +10,24 @@ import (
 )
 
 // PublishBatch publishes rs and waits for all of them, at most Config.ProduceTimeout. It
-// returns how many of rs, counted from the first, are known to be stored: records with the
-// same key keep their order, so after a failure the rest of rs is published again by the
-// caller, never skipped. Errors are classified as Publish's are.
+// returns one error per record, nil for each record stored; errors are classified as
+// Publish's are. Records with the same key keep their order: when one fails, the later
+// ones with its key fail too, so a caller that publishes the failed records again keeps
+// every key's order.
 //
 // The wait ends at the deadline even while the client is still dialling a broker that is
 // gone (franz-go only fails buffered records at its next attempt, seconds later); the
 // records left in the client fail by Config.ProduceTimeout (at least 1s) or are stored,
 // ahead of any later copy of theirs, so a caller's retry can duplicate but not reorder.
-func (p *Producer) PublishBatch(ctx context.Context, rs []Record) (int, error) {
+func (p *Producer) PublishBatch(ctx context.Context, rs []Record) []error {
+	errs := make([]error, len(rs))
 	if len(rs) == 0 {
-		return 0, nil
+		return errs
 	}
 	pctx, cancel := context.WithTimeout(ctx, p.cfg.ProduceTimeout)
 	defer cancel()
 	var (
 		mu   sync.Mutex
-		errs = make([]error, len(rs))
 		over = make([]bool, len(rs))
 		left = len(rs)
 		all  = make(chan struct{})
@@ -47,6 +48,7 @@ func (p *Producer) PublishBatch(ctx context.Context, rs []Record) (int, error) {
 	}
 	mu.Lock()
 	defer mu.Unlock()
+	out := make([]error, len(rs)) // errs is still written by promises that come late
 	for i := range rs {
 		err := errs[i]
 		if !over[i] {
@@ -59,9 +61,9 @@ func (p *Producer) PublishBatch(ctx context.Context, rs []Record) (int, error) {
 		if ctx.Err() == nil && (!over[i] || unavailable(errs[i])) {
 			err = agate.Wrap(agate.EUnavailable, err, "Kafka is unavailable.")
 		}
-		return i, err
+		out[i] = err
 	}
-	return len(rs), nil
+	return out
 }
 
 // Go publishes r without waiting, for records whose loss is tolerable (live stream pieces

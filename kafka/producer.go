@@ -66,8 +66,12 @@ func NewProducer(cfg Config) (*Producer, error) {
 // A Publish that fails may still have stored the record (the broker wrote it but the answer was
 // lost): retrying it can duplicate, so consumers dedupe by an id in the record.
 func (p *Producer) Publish(ctx context.Context, r Record) error {
-	_, err := p.PublishBatch(ctx, []Record{r})
-	return err
+	return p.PublishBatch(ctx, []Record{r})[0]
+}
+
+// Ping checks that a broker answers, within ctx.
+func (p *Producer) Ping(ctx context.Context) error {
+	return p.cl.Ping(ctx)
 }
 
 // unavailable reports whether err means the cluster could not be reached or could not take the

@@ -13,6 +13,7 @@
 package redis
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"sync/atomic"
@@ -97,6 +98,18 @@ func NewClient(url string) (*goredis.Client, error) {
 		opt.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
 	}
 	return goredis.NewClient(opt), nil
+}
+
+// UseLogger sends go-redis's own log lines (a dial that failed, a pool that is full),
+// which it otherwise prints to stderr, to log at debug level: the gateway reports Redis
+// trouble itself, through health and its warnings. It is process-wide, as go-redis's
+// logger is.
+func UseLogger(log *slog.Logger) { goredis.SetLogger(logAdapter{log}) }
+
+type logAdapter struct{ log *slog.Logger }
+
+func (a logAdapter) Printf(ctx context.Context, format string, v ...any) {
+	a.log.DebugContext(ctx, "go-redis: "+fmt.Sprintf(format, v...))
 }
 
 // health tracks whether Redis is failing, and while it is, lets one call through per

@@ -31,7 +31,8 @@ type Config struct {
 	Model         string        // model name passed to the provider; "" for its default
 	SystemPrompt  string        // the tenants' default system prompt
 	// External: turns arrive through Submit (from the event bus, which also redelivers
-	// unfinished ones); Send only stores the message and Recover queues nothing.
+	// unfinished ones) and leave through Withdraw when the bus hands them to another
+	// replica; Send only stores the message and Recover queues nothing.
 	External bool
 }
 
@@ -61,13 +62,22 @@ var (
 	errCancelledByClient = errors.New("cancelled by the client")
 	errSessionDeleted    = errors.New("session deleted")
 	errShutdown          = errors.New("gateway shutting down")
+	errWithdrawn         = errors.New("turn withdrawn")
 )
+
+// interrupted reports whether ctx, a turn's context, was cancelled by a shutdown or a
+// Withdraw: the turn stops without an end and must run again, here or elsewhere.
+func interrupted(ctx context.Context) bool {
+	c := context.Cause(ctx)
+	return c == errShutdown || c == errWithdrawn
+}
 
 // Runner accepts user messages and runs their turns on a bounded pool of workers. One
 // session's turns run one at a time, in the order they were accepted; a message sent while
 // a turn runs waits for it. Every turn that starts ends with exactly one terminal event,
-// unless the gateway shuts down first: then the turn stays pending in the store and runs
-// again on the next start.
+// unless the gateway shuts down first or the turn is withdrawn: then the turn stays
+// pending in the store and runs again on the next start (or, withdrawn, wherever the bus
+// delivers it next).
 type Runner struct {
 	store Store
 	model Model
@@ -78,23 +88,24 @@ type Runner struct {
 	wake chan struct{} // a token: work may be ready
 
 	mu       sync.Mutex
-	sessions map[uuid.UUID]*line    // sessions with queued or running turns
-	known    map[uuid.UUID]struct{} // ids of the turns queued or running
-	ready    []uuid.UUID            // sessions whose next turn may start, FIFO
-	queued   int                    // turns queued or running
+	sessions map[uuid.UUID]*line  // sessions with queued or running turns
+	known    map[uuid.UUID]*entry // the turns queued or running, by id, unless withdrawn
+	ready    []uuid.UUID          // sessions whose next turn may start, FIFO
+	queued   int                  // turns queued or running (withdrawn ones until they stop)
 }
 
 // line is one session's queue of turns.
 type line struct {
-	turns   []queued
-	running bool
-	cancel  context.CancelCauseFunc // of the running turn
+	turns    []*entry                // waiting, in order
+	running  *entry                  // nil while no turn of the session runs
+	cancel   context.CancelCauseFunc // of the running turn
+	withdraw context.CancelCauseFunc // of the running turn's stop context (see next)
 }
 
-// queued is a turn waiting in its line, with what to call once it is over (see Submit).
-type queued struct {
+// entry is a turn queued or running, with what to call once it is over (see Submit).
+type entry struct {
 	agate.Turn
-	done func()
+	done []func() // guarded by Runner.mu
 }
 
 // New returns a Runner. It runs nothing until Run is called; Send may be called before.
@@ -104,7 +115,7 @@ func New(store Store, model Model, pub Publisher, log *slog.Logger, cfg Config) 
 		store: store, model: model, pub: pub, log: log, cfg: cfg,
 		wake:     make(chan struct{}, 1),
 		sessions: make(map[uuid.UUID]*line),
-		known:    make(map[uuid.UUID]struct{}),
+		known:    make(map[uuid.UUID]*entry),
 	}
 }
 
@@ -132,16 +143,46 @@ func (r *Runner) Send(ctx context.Context, in agate.Inbound) (agate.Accepted, er
 	return acc, nil
 }
 
-// Submit queues a turn delivered by the event bus (Config.External). done is called once
-// the turn needs no more work: its terminal event is stored, it had finished before (a
-// redelivery), it is queued or running already, or its session was deleted. It is not
-// called for a turn interrupted by shutdown, which the bus must deliver again. Submit
-// does not block.
+// Submit queues a turn delivered by the event bus (Config.External). done is called once,
+// when the turn needs no more work: its terminal event is stored, it had finished before (a
+// redelivery), or its session was deleted. A turn delivered again while it is queued or
+// running is not queued twice: done joins the callbacks of that turn, all called when it
+// is over. No done of a turn is called if it is interrupted by shutdown or withdrawn
+// (Withdraw): the bus must deliver it again. done is called from a worker goroutine or
+// from Forget, never from within Submit and never with the Runner's lock held, so it may
+// call back into the Runner. Submit does not block; done may be nil.
 func (r *Runner) Submit(t agate.Turn, done func()) {
-	if done == nil {
-		done = func() {}
-	}
 	r.enqueue(t, done)
+}
+
+// Withdraw gives up the turn with this id because the event bus no longer owns it (its
+// partition moved to another replica, which will deliver it again). A queued turn is
+// removed from its session's line; a running turn is stopped as by a shutdown: no terminal
+// event is stored or published (unless it was ending already) and it stays pending in the
+// store. In both cases none of the turn's done callbacks is called, and a later Submit of
+// the same turn queues it afresh. Withdraw reports whether the turn was queued or running;
+// it returns false for an unknown turn and for one withdrawn already. It does not wait for
+// a running turn to stop and may be called concurrently with any other method.
+func (r *Runner) Withdraw(id uuid.UUID) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e := r.known[id]
+	if e == nil {
+		return false
+	}
+	delete(r.known, id)
+	l := r.sessions[e.SessionID]
+	if l.running == e {
+		l.withdraw(errWithdrawn) // finish drops e.done: e is no longer known
+		return true
+	}
+	l.turns = slices.DeleteFunc(l.turns, func(q *entry) bool { return q == e })
+	r.queued--
+	if l.running == nil && len(l.turns) == 0 {
+		delete(r.sessions, e.SessionID)
+		r.ready = slices.DeleteFunc(r.ready, func(id uuid.UUID) bool { return id == e.SessionID })
+	}
+	return true
 }
 
 // Cancel stops the session's running turn, which then ends with an assistant.final whose
@@ -150,7 +191,7 @@ func (r *Runner) Cancel(session uuid.UUID) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	l := r.sessions[session]
-	if l == nil || !l.running || l.cancel == nil {
+	if l == nil || l.running == nil {
 		return false
 	}
 	l.cancel(errCancelledByClient)
@@ -167,31 +208,38 @@ func (r *Runner) backlog(session uuid.UUID) int {
 	return 0
 }
 
-// Forget drops the session's queued turns and stops its running one without a stored end:
-// call it when the session is deleted.
+// Forget drops the session's queued turns, calling their done callbacks (see Submit) before
+// it returns, and stops its running one without a stored end: call it when the session is
+// deleted.
 func (r *Runner) Forget(session uuid.UUID) {
+	var done []func()
+	defer func() {
+		for _, f := range done {
+			f()
+		}
+	}()
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	l := r.sessions[session]
 	if l == nil {
 		return
 	}
-	for _, t := range l.turns {
-		delete(r.known, t.ID)
-		t.over()
+	for _, e := range l.turns {
+		delete(r.known, e.ID)
+		done = append(done, e.done...)
 	}
 	r.queued -= len(l.turns)
 	l.turns = nil
-	if l.running && l.cancel != nil {
+	if l.running != nil {
 		l.cancel(errSessionDeleted)
+		return
 	}
-	if !l.running {
-		delete(r.sessions, session)
-		r.ready = slices.DeleteFunc(r.ready, func(id uuid.UUID) bool { return id == session })
-	}
+	delete(r.sessions, session)
+	r.ready = slices.DeleteFunc(r.ready, func(id uuid.UUID) bool { return id == session })
 }
 
-// Queued returns the number of turns queued or running.
+// Queued returns the number of turns queued or running; a withdrawn running turn counts
+// until it has stopped.
 func (r *Runner) Queued() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -245,26 +293,30 @@ func (r *Runner) Run(ctx context.Context) error {
 	return nil
 }
 
-// enqueue adds t to its session's line; a turn already queued or running is ignored
-// (and its done called).
+// enqueue adds t to its session's line. For a turn already queued or running it only adds
+// done (if not nil) to that turn's callbacks.
 func (r *Runner) enqueue(t agate.Turn, done func()) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if _, ok := r.known[t.ID]; ok {
+	if e := r.known[t.ID]; e != nil {
 		if done != nil {
-			done()
+			e.done = append(e.done, done)
 		}
 		return
 	}
-	r.known[t.ID] = struct{}{}
+	e := &entry{Turn: t}
+	if done != nil {
+		e.done = []func(){done}
+	}
+	r.known[t.ID] = e
 	l := r.sessions[t.SessionID]
 	if l == nil {
 		l = &line{}
 		r.sessions[t.SessionID] = l
 	}
-	l.turns = append(l.turns, queued{Turn: t, done: done})
+	l.turns = append(l.turns, e)
 	r.queued++
-	if !l.running && len(l.turns) == 1 {
+	if l.running == nil && len(l.turns) == 1 {
 		r.ready = append(r.ready, t.SessionID)
 		r.poke()
 	}
@@ -280,81 +332,87 @@ func (r *Runner) poke() {
 // work takes turns until ctx is done.
 func (r *Runner) work(ctx, hard context.Context) {
 	for {
-		t, turnCtx, ok := r.next(ctx, hard)
+		e, turnCtx, stop, ok := r.next(ctx, hard)
 		if !ok {
 			return
 		}
-		if r.run(turnCtx, t.Turn, hard.Done()) {
-			t.over()
+		over := r.run(turnCtx, e.Turn, stop)
+		for _, done := range r.finish(e, over) {
+			done()
 		}
-		r.finish(t.Turn)
 	}
 }
 
-// over reports that the turn needs no more work.
-func (q queued) over() {
-	if q.done != nil {
-		q.done()
-	}
-}
-
-// next blocks until a turn may start and marks its session running.
-func (r *Runner) next(ctx, hard context.Context) (queued, context.Context, bool) {
+// next blocks until a turn may start and marks its session running. The turn runs under
+// ctx; stop is closed when the turn must stop without an end (shutdown or Withdraw), and
+// then context.Cause(ctx) is errShutdown or errWithdrawn unless ctx was cancelled before.
+func (r *Runner) next(ctx, hard context.Context) (e *entry, turnCtx context.Context, stop <-chan struct{}, ok bool) {
 	for {
 		if ctx.Err() != nil {
-			return queued{}, nil, false
+			return nil, nil, nil, false
 		}
 		r.mu.Lock()
 		if len(r.ready) > 0 {
 			id := r.ready[0]
 			r.ready = r.ready[1:]
 			l := r.sessions[id]
-			t := l.turns[0]
+			e := l.turns[0]
 			l.turns = l.turns[1:]
-			l.running = true
-			turnCtx, cancel := context.WithCancelCause(hard)
-			l.cancel = cancel
+			l.running = e
+			owned, withdraw := context.WithCancelCause(hard)
+			turnCtx, cancel := context.WithCancelCause(owned)
+			l.cancel, l.withdraw = cancel, withdraw
 			if len(r.ready) > 0 {
 				r.poke()
 			}
 			r.mu.Unlock()
-			return t, turnCtx, true
+			return e, turnCtx, owned.Done(), true
 		}
 		r.mu.Unlock()
 		select {
 		case <-ctx.Done():
-			return queued{}, nil, false
+			return nil, nil, nil, false
 		case <-r.wake:
 		}
 	}
 }
 
-// finish marks t's session idle and schedules its next turn.
-func (r *Runner) finish(t agate.Turn) {
+// finish marks e's session idle and schedules its next turn. It returns e's done callbacks
+// if e is over and was not withdrawn, for the caller to call once the lock is released.
+func (r *Runner) finish(e *entry, over bool) []func() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.queued--
-	delete(r.known, t.ID)
-	l := r.sessions[t.SessionID]
-	l.cancel(nil)
-	l.running, l.cancel = false, nil
-	if len(l.turns) == 0 { // also when Forget emptied it
-		delete(r.sessions, t.SessionID)
-		return
+	owned := r.known[e.ID] == e // else Withdraw dropped it (and maybe e was submitted again)
+	if owned {
+		delete(r.known, e.ID)
 	}
-	r.ready = append(r.ready, t.SessionID)
-	r.poke()
+	l := r.sessions[e.SessionID]
+	l.cancel(nil)
+	l.withdraw(nil)
+	l.running, l.cancel, l.withdraw = nil, nil, nil
+	if len(l.turns) == 0 { // also when Forget emptied it
+		delete(r.sessions, e.SessionID)
+	} else {
+		r.ready = append(r.ready, e.SessionID)
+		r.poke()
+	}
+	if over && owned {
+		return e.done
+	}
+	return nil
 }
 
 // run gives one turn its reply. It ends the turn with exactly one terminal event unless
-// the gateway is shutting down, and reports whether the turn is over (false: it must run
-// again after a restart).
-func (r *Runner) run(ctx context.Context, t agate.Turn, shutdown <-chan struct{}) (over bool) {
+// the turn is interrupted (shutdown or Withdraw, which close stop), and reports whether the
+// turn is over (false: it must run again, after a restart or on another replica). A turn
+// that panics is over unless it was interrupted: running it again would likely panic again.
+func (r *Runner) run(ctx context.Context, t agate.Turn, stop <-chan struct{}) (over bool) {
 	log := r.log.With("session_id", t.SessionID, "turn", t.ID, "tenant", t.Tenant)
 	if r.cfg.External {
 		// The bus delivers at least once: a turn that ended on some replica is not run again.
 		finished, err := r.store.Finished(ctx, t.ID)
-		if err != nil {
+		if err != nil && !interrupted(ctx) {
 			log.Warn("cannot tell whether a delivered turn ran already; running it", "err", err)
 		}
 		if finished {
@@ -362,18 +420,41 @@ func (r *Runner) run(ctx context.Context, t agate.Turn, shutdown <-chan struct{}
 			return true
 		}
 	}
+	if interrupted(ctx) { // before it started: nothing to end
+		log.Info("turn interrupted before it started; it will run again")
+		return false
+	}
 	begin := time.Now()
-	tr := &turnRun{Runner: r, t: t, log: log, shutdown: shutdown}
+	tr := &turnRun{Runner: r, t: t, log: log, stop: stop}
 	defer func() {
-		if p := recover(); p != nil {
-			log.Error("turn panicked", "panic", p, "stack", string(debug.Stack()))
-			tr.end(ctx, agate.Reply{}, agate.Errorf(agate.EInternal, "The gateway hit an internal error while answering; please retry."))
-			over = tr.stored
+		p := recover()
+		if p == nil {
+			return
 		}
+		log.Error("turn panicked", "panic", p, "stack", string(debug.Stack()))
+		if interrupted(ctx) {
+			over = false
+			return
+		}
+		defer func() { // ending it may panic too (a Publisher that panics on every final)
+			if p := recover(); p != nil {
+				log.Error("ending a panicked turn panicked", "panic", p, "stack", string(debug.Stack()))
+				over = !tr.stopped()
+			}
+		}()
+		tr.end(ctx, agate.Reply{}, agate.Errorf(agate.EInternal, "The gateway hit an internal error while answering; please retry."))
+		// Over unless storing the end was given up on because the turn was interrupted
+		// meanwhile. A turn that panicked after its terminal event was sent (tr.done) is
+		// over too: its end is stored, or it would likely panic again.
+		over = tr.stored || !tr.stopped()
 	}()
 	reply, err := tr.generate(ctx)
-	if err != nil && context.Cause(ctx) == errShutdown {
-		log.Info("turn interrupted by shutdown; it will run again on restart")
+	if err != nil && interrupted(ctx) {
+		if context.Cause(ctx) == errWithdrawn {
+			log.Info("turn withdrawn; it will run where the bus delivers it next")
+		} else {
+			log.Info("turn interrupted by shutdown; it will run again on restart")
+		}
 		return false
 	}
 	tr.end(ctx, reply, err)
@@ -384,13 +465,23 @@ func (r *Runner) run(ctx context.Context, t agate.Turn, shutdown <-chan struct{}
 // turnRun is the state of one turn as it runs.
 type turnRun struct {
 	*Runner
-	t        agate.Turn
-	log      *slog.Logger
-	shutdown <-chan struct{} // closed when the gateway stops waiting for turns
-	base     int64           // seq of the last persisted event, for ephemeral events
-	text     string          // streamed so far
-	done     bool            // the terminal event was sent
-	stored   bool            // the turn is over: its terminal event is stored, or its session is gone
+	t      agate.Turn
+	log    *slog.Logger
+	stop   <-chan struct{} // closed when no one waits for the turn: shutdown past its grace, or Withdraw
+	base   int64           // seq of the last persisted event, for ephemeral events
+	text   string          // streamed so far
+	done   bool            // the terminal event was sent
+	stored bool            // the turn is over: its terminal event is stored, or its session is gone
+}
+
+// stopped reports whether tr.stop is closed.
+func (tr *turnRun) stopped() bool {
+	select {
+	case <-tr.stop:
+		return true
+	default:
+		return false
+	}
 }
 
 // event returns an assistant event of this turn; its metadata.turn_id is the turn's id.
@@ -507,8 +598,9 @@ const (
 )
 
 // finish stores and publishes the terminal event ev. While the store fails it keeps
-// trying (the session's next turn waits), so the turn ends exactly once; on shutdown it
-// gives up and the turn, still pending, runs again after the restart. If the session was
+// trying (the session's next turn waits), so the turn ends exactly once; on shutdown or
+// Withdraw (tr.stop) it gives up and the turn, still pending, runs again after the restart
+// or where the bus delivers it next. If the session was
 // deleted, ev is published unstored (seq 0) so that live state is cleared.
 func (tr *turnRun) finish(ctx context.Context, ev agate.Event) {
 	wait := retryFirst
@@ -528,7 +620,7 @@ func (tr *turnRun) finish(ctx context.Context, ev agate.Event) {
 		select {
 		case <-time.After(wait):
 			wait = min(2*wait, retryMax)
-		case <-tr.shutdown:
+		case <-tr.stop:
 			return
 		}
 	}

@@ -3,9 +3,12 @@ package turn_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"path/filepath"
+	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -18,15 +21,24 @@ import (
 	"github.com/google/uuid"
 )
 
-// rig is a runner on a real SQLite store with a scripted model, running until the test ends.
+// rig is a runner on a real SQLite store with a scripted model, running until the test
+// ends or stop is called.
 type rig struct {
 	store  *sqlite.Store
 	hub    *inmem.Hub
 	runner *turn.Runner
 	model  turn.Model
+	stop   func() // stops Run and waits for it to return; may be called more than once
 }
 
 func newRig(t *testing.T, model turn.Model, cfg turn.Config) *rig {
+	t.Helper()
+	return newRigWith(t, model, cfg, nil)
+}
+
+// newRigWith is newRig with the runner's store and publisher replaced by what wrap returns
+// for the rig's own.
+func newRigWith(t *testing.T, model turn.Model, cfg turn.Config, wrap func(turn.Store, turn.Publisher) (turn.Store, turn.Publisher)) *rig {
 	t.Helper()
 	store, err := sqlite.Open(t.Context(), filepath.Join(t.TempDir(), "agate.db"), sqlite.Config{})
 	if err != nil {
@@ -34,17 +46,28 @@ func newRig(t *testing.T, model turn.Model, cfg turn.Config) *rig {
 	}
 	t.Cleanup(func() { store.Close() })
 	hub := inmem.NewHub(0)
+	var st turn.Store = store
+	var pub turn.Publisher = hub
+	if wrap != nil {
+		st, pub = wrap(store, hub)
+	}
 	r := &rig{store: store, hub: hub, model: model,
-		runner: turn.New(store, model, hub, slog.New(slog.NewTextHandler(io.Discard, nil)), cfg)}
+		runner: turn.New(st, model, pub, slog.New(slog.NewTextHandler(io.Discard, nil)), cfg)}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- r.runner.Run(ctx) }()
-	t.Cleanup(func() {
+	r.stop = sync.OnceFunc(func() {
 		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Error("Run did not return after its context was cancelled")
 		}
 	})
+	t.Cleanup(r.stop)
 	return r
 }
 
@@ -358,4 +381,344 @@ func TestExternalTurnInterruptedByShutdownIsNotReportedDone(t *testing.T) {
 	if finished, err := store.Finished(t.Context(), acc.Turn.ID); err != nil || finished {
 		t.Errorf("Finished = %v, %v; want false", finished, err)
 	}
+}
+
+// calls records done callbacks by name.
+type calls chan string
+
+func newCalls() calls { return make(calls, 64) }
+
+// done returns a done callback that records name.
+func (c calls) done(name string) func() { return func() { c <- name } }
+
+// wait returns the next n names recorded, sorted.
+func (c calls) wait(t *testing.T, n int) []string {
+	t.Helper()
+	var got []string
+	timeout := time.After(10 * time.Second)
+	for len(got) < n {
+		select {
+		case name := <-c:
+			got = append(got, name)
+		case <-timeout:
+			t.Fatalf("done callbacks: got %q, want %d", got, n)
+		}
+	}
+	slices.Sort(got)
+	return got
+}
+
+// none fails if a callback was recorded and not yet waited for.
+func (c calls) none(t *testing.T) {
+	t.Helper()
+	select {
+	case name := <-c:
+		t.Fatalf("done %q called", name)
+	default:
+	}
+}
+
+// TestTurnDeliveredAgainWhileQueuedOrRunningIsDoneOnceItEnds: the bus may deliver a turn
+// again while it is still queued or running here; it runs once, and every delivery is
+// reported done when it ends, not before.
+func TestTurnDeliveredAgainWhileQueuedOrRunningIsDoneOnceItEnds(t *testing.T) {
+	model := llmtest.New(llmtest.Wait().Text("one"), llmtest.Text("two"))
+	r := newRig(t, model, turn.Config{External: true, Workers: 1})
+	acc1, _ := r.send(t, uuid.Nil, "one")
+	acc2, _ := r.send(t, acc1.Turn.SessionID, "two")
+	got := newCalls()
+	r.runner.Submit(acc1.Turn, got.done("1"))
+	<-model.Blocked(1)
+	r.runner.Submit(acc2.Turn, got.done("2"))
+	r.runner.Submit(acc1.Turn, got.done("1 again")) // while it runs
+	r.runner.Submit(acc2.Turn, got.done("2 again")) // while it is queued
+	got.none(t)
+	if n := r.runner.Queued(); n != 2 {
+		t.Fatalf("Queued = %d after two turns were each delivered twice, want 2", n)
+	}
+
+	model.Release()
+	if diff := cmp.Diff([]string{"1", "1 again", "2", "2 again"}, got.wait(t, 4)); diff != "" {
+		t.Fatalf("done callbacks (-want +got):\n%s", diff)
+	}
+	r.stop()
+	got.none(t)
+	if n := model.Calls(); n != 2 {
+		t.Fatalf("model called %d times for 2 turns", n)
+	}
+}
+
+// TestTurnDeliveredAgainIsNotDoneWhenShutdownInterruptsIt: a turn delivered twice and then
+// cut short by shutdown is reported done for neither delivery, so the bus delivers it again.
+func TestTurnDeliveredAgainIsNotDoneWhenShutdownInterruptsIt(t *testing.T) {
+	model := llmtest.New(llmtest.Hang())
+	r := newRig(t, model, turn.Config{External: true, Workers: 1, Grace: 50 * time.Millisecond})
+	acc1, _ := r.send(t, uuid.Nil, "one")
+	acc2, _ := r.send(t, acc1.Turn.SessionID, "two")
+	got := newCalls()
+	r.runner.Submit(acc1.Turn, got.done("1"))
+	<-model.Blocked(1)
+	r.runner.Submit(acc2.Turn, got.done("2"))
+	r.runner.Submit(acc1.Turn, got.done("1 again")) // while it runs
+	r.runner.Submit(acc2.Turn, got.done("2 again")) // while it is queued
+	r.stop()
+	got.none(t)
+	for _, id := range []uuid.UUID{acc1.Turn.ID, acc2.Turn.ID} {
+		if finished, err := r.store.Finished(t.Context(), id); err != nil || finished {
+			t.Errorf("Finished(%s) = %v, %v; want false", id, finished, err)
+		}
+	}
+}
+
+// TestWithdrawnQueuedTurnDoesNotRun: a turn the bus took back before it started never runs
+// here and is not reported done; delivered again later, it runs.
+func TestWithdrawnQueuedTurnDoesNotRun(t *testing.T) {
+	model := llmtest.New(llmtest.Wait().Text("a"), llmtest.Text("b"))
+	r := newRig(t, model, turn.Config{External: true, Workers: 1})
+	accA, _ := r.send(t, uuid.Nil, "a")
+	accB, subB := r.send(t, uuid.Nil, "b")
+	got := newCalls()
+	r.runner.Submit(accA.Turn, got.done("a"))
+	<-model.Blocked(1) // the only worker is busy: b waits
+	r.runner.Submit(accB.Turn, got.done("b"))
+	if !r.runner.Withdraw(accB.Turn.ID) {
+		t.Fatal("Withdraw of a queued turn = false")
+	}
+	if r.runner.Withdraw(accB.Turn.ID) {
+		t.Error("Withdraw of a turn withdrawn already = true")
+	}
+	if r.runner.Withdraw(uuid.New()) {
+		t.Error("Withdraw of an unknown turn = true")
+	}
+	if n := r.runner.Queued(); n != 1 {
+		t.Errorf("Queued = %d after a withdrawal, want 1", n)
+	}
+
+	model.Release()
+	if diff := cmp.Diff([]string{"a"}, got.wait(t, 1)); diff != "" {
+		t.Fatalf("done callbacks (-want +got):\n%s", diff)
+	}
+	if n := r.runner.Queued(); n != 0 {
+		t.Errorf("Queued = %d once the only turn left ended, want 0", n)
+	}
+	if finished, err := r.store.Finished(t.Context(), accB.Turn.ID); err != nil || finished {
+		t.Fatalf("withdrawn turn: Finished = %v, %v; want false", finished, err)
+	}
+
+	r.runner.Submit(accB.Turn, got.done("b again"))
+	if evs := untilTerminal(t, subB); evs[len(evs)-1].Message != "b" {
+		t.Fatalf("turn delivered again after its withdrawal ended %+v", evs[len(evs)-1])
+	}
+	if diff := cmp.Diff([]string{"b again"}, got.wait(t, 1)); diff != "" {
+		t.Fatalf("done callbacks (-want +got):\n%s", diff)
+	}
+	r.stop()
+	got.none(t)
+	if n := model.Calls(); n != 2 {
+		t.Fatalf("model called %d times, want 2", n)
+	}
+}
+
+// TestWithdrawnRunningTurnStopsWithoutAnEnd: a running turn the bus took back stops as on
+// shutdown (no terminal event, not done), and its session's next turn runs.
+func TestWithdrawnRunningTurnStopsWithoutAnEnd(t *testing.T) {
+	model := llmtest.New(llmtest.Text("partial ").Hang(), llmtest.Text("two"), llmtest.Text("one, again"))
+	r := newRig(t, model, turn.Config{External: true, Workers: 1})
+	acc1, sub := r.send(t, uuid.Nil, "one")
+	acc2, _ := r.send(t, acc1.Turn.SessionID, "two")
+	got := newCalls()
+	r.runner.Submit(acc1.Turn, got.done("1"))
+	r.runner.Submit(acc2.Turn, got.done("2"))
+	<-model.Blocked(1)
+	if !r.runner.Withdraw(acc1.Turn.ID) {
+		t.Fatal("Withdraw of a running turn = false")
+	}
+	if r.runner.Withdraw(acc1.Turn.ID) {
+		t.Error("second Withdraw of a running turn = true")
+	}
+
+	evs := untilTerminal(t, sub)
+	if final := evs[len(evs)-1]; final.Metadata["turn_id"] != acc2.Turn.ID.String() || final.Message != "two" {
+		t.Fatalf("first terminal event after the withdrawal: %q %v, want the next turn's", final.Message, final.Metadata)
+	}
+	if diff := cmp.Diff([]string{"2"}, got.wait(t, 1)); diff != "" {
+		t.Fatalf("done callbacks (-want +got):\n%s", diff)
+	}
+	if finished, err := r.store.Finished(t.Context(), acc1.Turn.ID); err != nil || finished {
+		t.Fatalf("withdrawn turn: Finished = %v, %v; want false", finished, err)
+	}
+	if n := terminalsOf(t, r.store, acc1.Turn); n != 0 {
+		t.Fatalf("%d terminal events stored for the withdrawn turn", n)
+	}
+
+	r.runner.Submit(acc1.Turn, got.done("1 again")) // the bus delivers it again
+	if evs := untilTerminal(t, sub); evs[len(evs)-1].Message != "one, again" {
+		t.Fatalf("withdrawn turn delivered again ended %+v", evs[len(evs)-1])
+	}
+	if diff := cmp.Diff([]string{"1 again"}, got.wait(t, 1)); diff != "" {
+		t.Fatalf("done callbacks (-want +got):\n%s", diff)
+	}
+	r.stop()
+	got.none(t)
+}
+
+// terminalsOf returns how many terminal events of turn tu are stored.
+func terminalsOf(t *testing.T, store *sqlite.Store, tu agate.Turn) int {
+	t.Helper()
+	evs, err := store.Events(t.Context(), tu.SessionID, 0, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, ev := range evs {
+		if agate.Terminal(ev.Type) && ev.Metadata["turn_id"] == tu.ID.String() {
+			n++
+		}
+	}
+	return n
+}
+
+// TestWithdrawStopsRetryingTheTerminalEvent: a turn whose end cannot be stored is retried
+// until it is withdrawn; then the session's next turn runs.
+func TestWithdrawStopsRetryingTheTerminalEvent(t *testing.T) {
+	failing := make(chan struct{}, 1)
+	r := newRigWith(t, llmtest.New(llmtest.Text("unstorable"), llmtest.Text("two")), turn.Config{External: true, Workers: 1},
+		func(s turn.Store, p turn.Publisher) (turn.Store, turn.Publisher) {
+			return brokenEnd{Store: s, message: "unstorable", failing: failing}, p
+		})
+	acc1, sub := r.send(t, uuid.Nil, "one")
+	acc2, _ := r.send(t, acc1.Turn.SessionID, "two")
+	got := newCalls()
+	r.runner.Submit(acc1.Turn, got.done("1"))
+	r.runner.Submit(acc2.Turn, got.done("2"))
+	select {
+	case <-failing:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the terminal event was never stored")
+	}
+	if !r.runner.Withdraw(acc1.Turn.ID) {
+		t.Fatal("Withdraw of a turn retrying its end = false")
+	}
+	evs := untilTerminal(t, sub)
+	if final := evs[len(evs)-1]; final.Metadata["turn_id"] != acc2.Turn.ID.String() {
+		t.Fatalf("first terminal event after the withdrawal: %q %v, want the next turn's", final.Message, final.Metadata)
+	}
+	if diff := cmp.Diff([]string{"2"}, got.wait(t, 1)); diff != "" {
+		t.Fatalf("done callbacks (-want +got):\n%s", diff)
+	}
+	r.stop()
+	got.none(t)
+	if finished, err := r.store.Finished(t.Context(), acc1.Turn.ID); err != nil || finished {
+		t.Fatalf("withdrawn turn: Finished = %v, %v; want false", finished, err)
+	}
+}
+
+// brokenEnd is a store that cannot store a terminal event with the given message; failing
+// gets a token each time it refuses one.
+type brokenEnd struct {
+	turn.Store
+	message string
+	failing chan struct{}
+}
+
+func (s brokenEnd) Append(ctx context.Context, done *agate.Turn, events ...agate.Event) ([]agate.Event, error) {
+	if done != nil && events[len(events)-1].Message == s.message {
+		select {
+		case s.failing <- struct{}{}:
+		default:
+		}
+		return nil, agate.Errorf(agate.EUnavailable, "the database is down")
+	}
+	return s.Store.Append(ctx, done, events...)
+}
+
+// TestDoneMayCallBackIntoTheRunner: a done callback may use the runner, both when its turn
+// ends and when Forget drops it.
+func TestDoneMayCallBackIntoTheRunner(t *testing.T) {
+	model := llmtest.New(llmtest.Wait().Text("one"), llmtest.Text("two"))
+	r := newRig(t, model, turn.Config{External: true, Workers: 1, Grace: 50 * time.Millisecond})
+	acc1, _ := r.send(t, uuid.Nil, "one")
+	acc2, _ := r.send(t, uuid.Nil, "two")
+	acc3, _ := r.send(t, uuid.Nil, "three")
+	got := newCalls()
+	r.runner.Submit(acc1.Turn, func() {
+		got <- fmt.Sprintf("1, queued %d", r.runner.Queued())
+		r.runner.Submit(acc2.Turn, got.done("2"))
+	})
+	<-model.Blocked(1)
+	r.runner.Submit(acc3.Turn, func() { got <- fmt.Sprintf("3, queued %d", r.runner.Queued()) })
+	forgotten := make(chan struct{})
+	go func() {
+		r.runner.Forget(acc3.Turn.SessionID)
+		close(forgotten)
+	}()
+	select {
+	case <-forgotten:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Forget is stuck in a done callback that calls the runner")
+	}
+	if diff := cmp.Diff([]string{"3, queued 1"}, got.wait(t, 1)); diff != "" {
+		t.Fatalf("done callbacks (-want +got):\n%s", diff)
+	}
+
+	model.Release()
+	if diff := cmp.Diff([]string{"1, queued 0", "2"}, got.wait(t, 2)); diff != "" {
+		t.Fatalf("done callbacks (-want +got):\n%s", diff)
+	}
+}
+
+// TestPanicWhileEndingATurnStillReportsItDone: a turn that panics after its end was
+// stored, or while it is being ended, is over: it is reported done (the bus would deliver
+// it again forever otherwise) and the runner goes on.
+func TestPanicWhileEndingATurnStillReportsItDone(t *testing.T) {
+	tests := []struct {
+		name    string
+		model   turn.Model
+		message string
+		explode func(agate.Event) bool // the terminal events the publisher panics on
+	}{
+		{name: "publisher panics on the final event", model: llmtest.New(llmtest.Text("explode"), llmtest.Text("fine")), message: "hi",
+			explode: func(ev agate.Event) bool { return ev.Message == "explode" }},
+		{name: "model panics and so does publishing the error", model: panicky{llmtest.New(llmtest.Text("fine"))}, message: "panic please",
+			explode: func(ev agate.Event) bool { return ev.Metadata["code"] == string(agate.EInternal) }},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newRigWith(t, tc.model, turn.Config{External: true, Workers: 1},
+				func(s turn.Store, p turn.Publisher) (turn.Store, turn.Publisher) {
+					return s, explosive{Publisher: p, explode: tc.explode}
+				})
+			acc1, _ := r.send(t, uuid.Nil, tc.message)
+			got := newCalls()
+			r.runner.Submit(acc1.Turn, got.done("1"))
+			if diff := cmp.Diff([]string{"1"}, got.wait(t, 1)); diff != "" {
+				t.Fatalf("done callbacks (-want +got):\n%s", diff)
+			}
+			if finished, err := r.store.Finished(t.Context(), acc1.Turn.ID); err != nil || !finished {
+				t.Fatalf("Finished = %v, %v; want true", finished, err)
+			}
+
+			acc2, sub := r.send(t, uuid.Nil, "and now?")
+			r.runner.Submit(acc2.Turn, got.done("2"))
+			if evs := untilTerminal(t, sub); evs[len(evs)-1].Message != "fine" {
+				t.Fatalf("next turn ended %+v", evs[len(evs)-1])
+			}
+			if diff := cmp.Diff([]string{"2"}, got.wait(t, 1)); diff != "" {
+				t.Fatalf("done callbacks (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// explosive is a publisher that panics on the terminal events explode picks.
+type explosive struct {
+	turn.Publisher
+	explode func(agate.Event) bool
+}
+
+func (p explosive) Publish(ev agate.Event) {
+	if agate.Terminal(ev.Type) && p.explode(ev) {
+		panic("publisher bug")
+	}
+	p.Publisher.Publish(ev)
 }

@@ -33,12 +33,13 @@ func eventually(t *testing.T, what string, within time.Duration, ok func() bool)
 	}
 }
 
-// TestTurnsGoThroughKafka runs one replica on the embedded store with Kafka (kfake on a
-// loopback port): turns go out through the outbox and come back from the consumer group;
+// TestTurnsGoThroughKafka runs one replica on PostgreSQL with Kafka (kfake on a loopback
+// port): turns go out through the outbox and come back from the consumer group;
 // while Kafka is stopped messages are still accepted and health says kafka is failing,
 // and their turns are answered once it is back; a record that is not a turn ends in the
 // dead-letter topic and table.
 func TestTurnsGoThroughKafka(t *testing.T) {
+	dsn := freshPostgres(t)
 	dir := t.TempDir()
 	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.DataDir(dir))
 	if err != nil {
@@ -46,7 +47,7 @@ func TestTurnsGoThroughKafka(t *testing.T) {
 	}
 	brokers := c.ListenAddrs()
 	u := newUpstream(t)
-	g := start(t, withUpstream(u, map[string]string{"KAFKA_BOOTSTRAP_SERVERS": brokers[0], "KAFKA_TIMEOUT": "500ms"}))
+	g := start(t, withUpstream(u, map[string]string{"POSTGRES_DSN": dsn, "KAFKA_BOOTSTRAP_SERVERS": brokers[0], "KAFKA_TIMEOUT": "500ms"}))
 
 	a := g.send(t, "", "through kafka")
 	frames := g.subscribe(t, a.SessionID, "").untilFinal(t)

@@ -134,6 +134,9 @@ func (c config) validate() error {
 	default:
 		return fmt.Errorf("KAFKA_SASL_MECHANISM=%q: want plain, scram-sha-256 or scram-sha-512", c.KafkaSASL)
 	}
+	if c.Kafka != "" && c.PostgresDSN == "" {
+		return fmt.Errorf("KAFKA_BOOTSTRAP_SERVERS is set without POSTGRES_DSN: replicas sharing turns through Kafka must share one PostgreSQL store")
+	}
 	if c.Kafka != "" && c.KafkaParts < 1 {
 		return fmt.Errorf("KAFKA_PARTITIONS=%d: want at least 1", c.KafkaParts)
 	}

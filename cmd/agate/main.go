@@ -108,9 +108,18 @@ func serve(ctx context.Context, cfg config, log *slog.Logger, stdout io.Writer) 
 	fmt.Fprintf(stdout, "agate listening on http://%s\n", ln.Addr())
 
 	eg, ectx := errgroup.WithContext(ctx)
-	eg.Go(func() error { return g.runner.Run(ectx) })
+	// Work that must see the runner's last turns out stops after it.
+	actx, stopAfter := context.WithCancel(context.WithoutCancel(ectx))
+	defer stopAfter()
+	eg.Go(func() error {
+		defer stopAfter()
+		return g.runner.Run(ectx)
+	})
 	for _, job := range g.jobs {
 		eg.Go(func() error { return job(ectx) })
+	}
+	for _, job := range g.after {
+		eg.Go(func() error { return job(actx) })
 	}
 	eg.Go(func() error {
 		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {

@@ -84,16 +84,19 @@ func TestHelpListsEverySetting(t *testing.T) {
 
 func TestBadSettingsStopStartWithAClearError(t *testing.T) {
 	for env, want := range map[string]string{
-		"AGATE_PROFILE":        "want dev or prod",
-		"LLM_TIMEOUT":          "duration",
-		"AGATE_WORKERS":        "whole number",
-		"GATEWAY_REQUIRE_AUTH": "refusing",
-		"LLM_BASE_URL":         "http:// or https://",
-		"LOG_LEVEL":            "want debug",
-		"AGATE_MAX_BODY_BYTES": "must exceed",
+		"AGATE_PROFILE":           "want dev or prod",
+		"LLM_TIMEOUT":             "duration",
+		"AGATE_WORKERS":           "whole number",
+		"GATEWAY_REQUIRE_AUTH":    "refusing",
+		"LLM_BASE_URL":            "http:// or https://",
+		"LOG_LEVEL":               "want debug",
+		"AGATE_MAX_BODY_BYTES":    "must exceed",
+		"KAFKA_BOOTSTRAP_SERVERS": "without POSTGRES_DSN",
+		"KAFKA_SASL_MECHANISM":    "want plain",
 	} {
 		vals := map[string]string{"AGATE_PROFILE": "staging", "LLM_TIMEOUT": "soon", "AGATE_WORKERS": "-3", "GATEWAY_REQUIRE_AUTH": "true",
-			"LLM_BASE_URL": "api.openai.com", "LOG_LEVEL": "loud", "AGATE_MAX_BODY_BYTES": "1000"}
+			"LLM_BASE_URL": "api.openai.com", "LOG_LEVEL": "loud", "AGATE_MAX_BODY_BYTES": "1000",
+			"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9092", "KAFKA_SASL_MECHANISM": "gssapi"}
 		err := run(t.Context(), []string{"agate"}, func(k string) string {
 			if k == env {
 				return vals[k]

@@ -36,6 +36,7 @@ type gateway struct {
 	runner *turn.Runner
 	api    *httpapi.Server
 	jobs   []func(ctx context.Context) error // background work that runs beside the runner until shutdown
+	after  []func(ctx context.Context) error // background work that stops only once the runner has
 	closer []func() error                    // of the adapters, in the order they are to close
 }
 
@@ -73,6 +74,7 @@ func wire(ctx context.Context, cfg config, log *slog.Logger) (*gateway, error) {
 		runner  *turn.Runner
 		api     httpapi.Runner
 		jobs    []func(context.Context) error
+		after   []func(context.Context) error
 		closers []func() error
 		checks  []httpapi.Check
 	)
@@ -84,7 +86,7 @@ func wire(ctx context.Context, cfg config, log *slog.Logger) (*gateway, error) {
 		if err != nil {
 			return nil, errors.Join(err, store.Close())
 		}
-		runner, api, jobs, closers = b.runner, b.api, b.jobs, b.closers
+		runner, api, jobs, after, closers = b.runner, b.api, b.jobs, b.after, b.closers
 		checks = append(checks, b.check)
 	}
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
@@ -115,7 +117,7 @@ func wire(ctx context.Context, cfg config, log *slog.Logger) (*gateway, error) {
 		MaxBodyBytes: cfg.MaxBody, MaxMessageBytes: cfg.MaxMessage,
 		TenantLimit: inmem.Limit{Rate: cfg.TenantRPM, Per: time.Minute},
 	})
-	return &gateway{store: store, runner: runner, api: srv, jobs: jobs, closer: closers}, nil
+	return &gateway{store: store, runner: runner, api: srv, jobs: jobs, after: after, closer: closers}, nil
 }
 
 // replicaName names this process on the event bus: the host name and a random suffix, so
@@ -132,20 +134,24 @@ type redisCheck struct {
 }
 
 // chooseLimiter returns the Redis limiter when REDIS_URL is set (its health check reports
-// "degraded" while it answers from its in-process fallback), else an in-process one.
+// "degraded" while Redis does not answer, and the limiter enforces limits in process),
+// else an in-process one.
 func chooseLimiter(cfg config, log *slog.Logger) (httpapi.Limiter, redisCheck, error) {
 	if cfg.RedisURL == "" {
 		return inmem.NewLimiter(inmem.LimiterConfig{}), redisCheck{}, nil
 	}
+	redis.UseLogger(log)
 	client, err := redis.NewClient(cfg.RedisURL)
 	if err != nil {
 		return nil, redisCheck{}, err
 	}
 	l := redis.NewLimiter(client, nil, redis.Config{Replicas: max(cfg.Replicas, 1), Logger: log})
 	return l, redisCheck{
-		Check: httpapi.Check{Name: "redis", Probe: func(context.Context) error {
-			if l.Degraded() {
-				return agate.Errorf(agate.EUnavailable, "redis is unreachable; limits are enforced per replica")
+		// Asks Redis itself: the limiter notices an outage, and its end, only when a
+		// request comes.
+		Check: httpapi.Check{Name: "redis", Probe: func(ctx context.Context) error {
+			if err := client.Ping(ctx).Err(); err != nil {
+				return agate.Wrap(agate.EUnavailable, err, "redis is unreachable; limits are enforced per replica")
 			}
 			return nil
 		}},

@@ -2,8 +2,10 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"log/slog"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/agate-gw/agate"
@@ -20,14 +22,16 @@ import (
 type scaled struct {
 	runner  *turn.Runner
 	api     httpapi.Runner
-	jobs    []func(context.Context) error
+	jobs    []func(context.Context) error // stop when shutdown begins
+	after   []func(context.Context) error // stop once the runner has stopped
 	closers []func() error
 	check   httpapi.Check
 }
 
 // wireBus connects this replica to Kafka (DESIGN.md §5): turns come from the consumer
 // group of conversation.inbound, the outbox relay publishes what the store wrote, and
-// conversation.outbound feeds the local hub with other replicas' events.
+// conversation.outbound feeds the local hub with other replicas' events. stopping is done
+// once shutdown begins.
 func wireBus(cfg config, replica string, store turn.Store, model turn.Model, hub *inmem.Hub,
 	tcfg turn.Config, log *slog.Logger, reg prometheus.Registerer) (*scaled, error) {
 	log = log.With("replica", replica)
@@ -38,9 +42,11 @@ func wireBus(cfg config, replica string, store turn.Store, model turn.Model, hub
 		SASL:           kafka.SASL{Mechanism: cfg.KafkaSASL, User: cfg.KafkaUser, Password: cfg.KafkaPass},
 		TLS:            cfg.KafkaTLS,
 		ProduceTimeout: cfg.KafkaTimeout,
-		// Workers bound what runs at once; the rest wait in the runner's queue, not in Kafka.
-		MaxInFlight: max(cfg.MaxQueued, 1),
-		RevokeWait:  cfg.Grace,
+		// A little more than the workers can run: the backlog stays in Kafka, where a
+		// rebalance can hand it to another replica, rather than in this runner's queue.
+		MaxInFlight: max(2*cfg.Workers, 16),
+		// A moved partition waits for its running turns, so that none runs twice.
+		RevokeWait: cfg.TurnTimeout + cfg.Grace,
 		DeadLetterSink: func(ctx context.Context, dl kafka.Record) error {
 			return store.AddDeadLetter(ctx, agate.DeadLetter{
 				Topic: dl.Headers[kafka.HeaderOriginalTopic], Partition: dl.Partition, Offset: dl.Offset,
@@ -53,42 +59,80 @@ func wireBus(cfg config, replica string, store turn.Store, model turn.Model, hub
 	if err != nil {
 		return nil, err
 	}
-	relay := bus.NewRelay(store, prod, bus.RelayConfig{Holder: replica, Topic: kcfg.Topic}, log, reg)
+	relay := bus.NewRelay(store, prod, bus.RelayConfig{
+		Holder: replica, Topic: kcfg.Topic,
+		Lease: max(5*time.Second, 2*cfg.KafkaTimeout), // renewed every third: a stalled publish does not lose it
+	}, log, reg)
 	pub := bus.NewPublisher(hub, prod, relay, outbound, replica, 0, log)
 	tcfg.External = true
 	runner := turn.New(store, model, pub, log, tcfg)
-
-	turns, err := kafka.NewAsyncConsumer(kcfg, cfg.KafkaGroup, []string{inbound}, bus.Dispatch(runner), prod, log)
-	if err != nil {
-		prod.Close()
-		return nil, err
-	}
-	tail, err := kafka.NewTail(kcfg, []string{outbound}, bus.NewFanout(hub, runner, replica, log).Handle, log)
-	if err != nil {
-		turns.Close()
-		prod.Close()
-		return nil, err
-	}
 	topics := []string{inbound, outbound, kafka.DLQ(inbound), kafka.DLQ(outbound)}
+
+	// The consumers are made once the topics exist: a group member that cannot poll yet
+	// would hold partitions whose turns then wait.
+	var stopping atomic.Bool
+	consume := func(ctx context.Context) error {
+		if !ensureTopics(ctx, kcfg, cfg.KafkaParts, topics, log) {
+			return nil
+		}
+		requeue(ctx, store, prod, inbound, replica, log)
+		turns, err := kafka.NewAsyncConsumer(kcfg, cfg.KafkaGroup, []string{inbound},
+			bus.Dispatch(runner, stopping.Load), prod, log)
+		if err != nil {
+			return err
+		}
+		defer turns.Close()
+		tail, err := kafka.NewTail(kcfg, []string{outbound}, bus.NewFanout(hub, runner, replica, log).Handle, log)
+		if err != nil {
+			return err
+		}
+		defer tail.Close()
+		context.AfterFunc(ctx, func() { stopping.Store(true) })
+		eg, ctx := errgroup.WithContext(ctx)
+		eg.Go(func() error { return tail.Run(ctx) })
+		eg.Go(func() error { return turns.Run(ctx) })
+		return eg.Wait()
+	}
 	return &scaled{
-		runner: runner,
-		api:    bus.NewRunner(runner, hub, prod, outbound, replica),
-		jobs: []func(context.Context) error{
-			relay.Run, pub.Run,
-			func(ctx context.Context) error {
-				// Until the topics exist, accepted messages wait in the outbox.
-				if !ensureTopics(ctx, kcfg, cfg.KafkaParts, topics, log) {
-					return nil
-				}
-				eg, ctx := errgroup.WithContext(ctx)
-				eg.Go(func() error { return tail.Run(ctx) })
-				eg.Go(func() error { return turns.Run(ctx) })
-				return eg.Wait()
-			},
-		},
-		closers: []func() error{turns.Close, tail.Close, prod.Close},
-		check:   httpapi.Check{Name: "kafka", Probe: func(context.Context) error { return relay.Err() }},
+		runner:  runner,
+		api:     bus.NewRunner(runner, hub, prod, outbound, replica),
+		jobs:    []func(context.Context) error{consume},
+		after:   []func(context.Context) error{relay.Run, pub.Run}, // the ends of turns that finish in the grace period go out too
+		closers: []func() error{prod.Close},
+		check: httpapi.Check{Name: "kafka", Probe: func(ctx context.Context) error {
+			if err := prod.Ping(ctx); err != nil {
+				return agate.Wrap(agate.EUnavailable, err, "kafka is unreachable; accepted messages wait in the outbox")
+			}
+			return relay.Err()
+		}},
 	}, nil
+}
+
+// requeue publishes the turns the store has pending to conversation.inbound again: those
+// accepted before this gateway used Kafka, and any whose record was lost. A turn that is
+// queued or running already, or that has finished, is not run twice (turn.Runner.Submit).
+func requeue(ctx context.Context, store turn.Store, prod *kafka.Producer, topic, replica string, log *slog.Logger) {
+	pending, err := store.Pending(ctx)
+	if err != nil {
+		log.Warn("read pending turns to requeue", "err", err)
+		return
+	}
+	if len(pending) == 0 {
+		return
+	}
+	recs := make([]kafka.Record, len(pending))
+	for i, t := range pending {
+		value, _ := json.Marshal(t) // a Turn always encodes
+		recs[i] = kafka.Record{Topic: topic, Key: []byte(t.SessionID.String()), Value: value,
+			Headers: map[string]string{agate.HeaderOrigin: replica}}
+	}
+	failed := 0
+	for _, err := range prod.PublishBatch(ctx, recs) {
+		if err != nil {
+			failed++
+		}
+	}
+	log.Info("requeued pending turns", "turns", len(pending), "failed", failed)
 }
 
 // ensureTopics creates the gateway's topics, retrying while Kafka is unreachable, and
