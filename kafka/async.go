@@ -78,15 +78,8 @@ type flight struct {
 // NewAsyncConsumer returns an AsyncConsumer of topics (full names, see Config.Topic) in group.
 // producer publishes dead-letter records and is required. It does not contact the brokers.
 func NewAsyncConsumer(cfg Config, group string, topics []string, handle AsyncHandler, producer *Producer, log *slog.Logger) (*AsyncConsumer, error) {
-	switch {
-	case group == "":
-		return nil, fmt.Errorf("kafka async consumer: empty group")
-	case len(topics) == 0:
-		return nil, fmt.Errorf("kafka async consumer %s: no topics", group)
-	case handle == nil:
-		return nil, fmt.Errorf("kafka async consumer %s: nil handler", group)
-	case producer == nil:
-		return nil, fmt.Errorf("kafka async consumer %s: nil producer (needed for the dead-letter topic)", group)
+	if err := checkGroupArgs("kafka async consumer", group, topics, handle == nil, producer); err != nil {
+		return nil, err
 	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)

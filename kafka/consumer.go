@@ -73,15 +73,8 @@ type Consumer struct {
 // NewConsumer returns a consumer of topics (full names, see Config.Topic) in group. producer
 // publishes dead-letter records and is required. It does not contact the brokers.
 func NewConsumer(cfg Config, group string, topics []string, handle func(ctx context.Context, r Record) error, producer *Producer, log *slog.Logger) (*Consumer, error) {
-	switch {
-	case group == "":
-		return nil, fmt.Errorf("kafka consumer: empty group")
-	case len(topics) == 0:
-		return nil, fmt.Errorf("kafka consumer %s: no topics", group)
-	case handle == nil:
-		return nil, fmt.Errorf("kafka consumer %s: nil handler", group)
-	case producer == nil:
-		return nil, fmt.Errorf("kafka consumer %s: nil producer (needed for the dead-letter topic)", group)
+	if err := checkGroupArgs("kafka consumer", group, topics, handle == nil, producer); err != nil {
+		return nil, err
 	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -103,6 +96,21 @@ func NewConsumer(cfg Config, group string, topics []string, handle func(ctx cont
 		return nil, fmt.Errorf("kafka consumer %s: %w", group, err)
 	}
 	return &Consumer{cl: cl, cfg: cfg, handle: handle, dlq: producer, log: log.With("group", group)}, nil
+}
+
+// checkGroupArgs checks the arguments the group consumers (kind) share.
+func checkGroupArgs(kind, group string, topics []string, noHandler bool, producer *Producer) error {
+	switch {
+	case group == "":
+		return fmt.Errorf("%s: empty group", kind)
+	case len(topics) == 0:
+		return fmt.Errorf("%s %s: no topics", kind, group)
+	case noHandler:
+		return fmt.Errorf("%s %s: nil handler", kind, group)
+	case producer == nil:
+		return fmt.Errorf("%s %s: nil producer (needed for the dead-letter topic)", kind, group)
+	}
+	return nil
 }
 
 // Run polls and handles records until ctx is done, then returns nil after the in-flight handlers
