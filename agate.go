@@ -19,6 +19,44 @@ type Principal struct {
 	Tenant  string   `json:"tenant"`
 	Subject string   `json:"subject"`
 	Scopes  []string `json:"scopes,omitempty"`
+	// Via says how the caller proved who it is: ViaAnonymous, ViaJWT or ViaAPIKey.
+	Via string `json:"via,omitempty"`
+	// KeyID is the API key's id when Via is ViaAPIKey.
+	KeyID string `json:"key_id,omitempty"`
+}
+
+// How a Principal was authenticated.
+const (
+	ViaAnonymous = "anonymous"
+	ViaJWT       = "jwt"
+	ViaAPIKey    = "api_key"
+)
+
+// ScopeAdmin is the scope of a tenant's operators: API keys, settings, operations routes.
+const ScopeAdmin = "admin"
+
+// HasScope reports whether p has scope.
+func (p Principal) HasScope(scope string) bool {
+	for _, s := range p.Scopes {
+		if s == scope {
+			return true
+		}
+	}
+	return false
+}
+
+// APIKey is a stored API key. The token a client presents is "sk_<ID>_<secret>"; only a
+// salted hash of the secret is stored, and the token is shown once, when created.
+type APIKey struct {
+	ID         string     `json:"id"` // 16 lowercase letters and digits
+	Tenant     string     `json:"tenant"`
+	Label      string     `json:"label"`
+	Scopes     []string   `json:"scopes"`
+	Hash       string     `json:"-"` // self-describing, e.g. "pbkdf2-sha256$<iterations>$<salt b64>$<key b64>"
+	CreatedBy  string     `json:"created_by"`
+	CreatedAt  time.Time  `json:"created_at"`
+	LastUsedAt *time.Time `json:"last_used_at,omitempty"`
+	RevokedAt  *time.Time `json:"revoked_at,omitempty"`
 }
 
 type principalKey struct{}
@@ -262,4 +300,43 @@ type Reply struct {
 	Model        string
 	FinishReason string
 	Usage        Usage
+}
+
+// Tuple is a relationship of the authorization model (conf/authz.fga): User has Relation
+// to Object, e.g. {"user:alice", "owner", "session:6f1c…"} or {"tenant:acme#member",
+// "viewer", "session:…"}.
+type Tuple struct {
+	User     string `json:"user"`
+	Relation string `json:"relation"`
+	Object   string `json:"object"`
+}
+
+// PolicyInput is what a policy decision (OPA, package agate) is asked about.
+type PolicyInput struct {
+	Principal Principal      `json:"principal"`
+	Tenant    string         `json:"tenant"`
+	Action    string         `json:"action"`   // conversation.send, model.use, tool.execute, settings.update, admin.<route>
+	Resource  map[string]any `json:"resource"` // what the action is on: {"type": "session", "id": …}, {"type": "model", "name": …}
+	Context   map[string]any `json:"context"`  // the request: tenant settings (routing allow/deny), model, tool, …
+	Usage     map[string]any `json:"usage"`    // tokens spent today, budget, …
+}
+
+// PolicyDecision is a policy's answer. Reason says why, for a refusal's message.
+type PolicyDecision struct {
+	Allow  bool   `json:"allow"`
+	Reason string `json:"reason,omitempty"`
+}
+
+// BudgetKey names one token budget counter: a tenant's (Persona "") or one persona's,
+// for one UTC day ("2006-01-02").
+type BudgetKey struct {
+	Tenant  string
+	Persona string
+	Day     string
+}
+
+// TokenUsage is a budget counter: tokens reserved by calls in flight and spent by calls done.
+type TokenUsage struct {
+	Reserved int64
+	Spent    int64
 }

@@ -44,6 +44,8 @@ const (
 	EUpstreamRate     Code = "upstream_rate_limited" // the provider is rate limiting
 	EStreamTruncated  Code = "stream_truncated"      // the provider's stream ended before its end marker
 	ECancelled        Code = "cancelled"             // the client cancelled the turn
+	EBudgetExceeded   Code = "budget_exceeded"       // the tenant's token budget for the day is spent
+	EPolicyDenied     Code = "policy_denied"         // a policy (OPA) refused the action
 )
 
 // Error is an error with a code and a message safe to show to a client.

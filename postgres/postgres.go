@@ -1,6 +1,6 @@
 // Package postgres is the production store of Agate: sessions, their event logs, turns,
-// idempotency keys, the outbox of the event bus and its dead letters in PostgreSQL, through
-// pgx/v5. It keeps the same contract as the embedded sqlite store and passes the same
+// idempotency keys, the outbox of the event bus and its dead letters, API keys and the token
+// usage ledger in PostgreSQL, through pgx/v5. It keeps the same contract as the embedded sqlite store and passes the same
 // conformance suite (turntest).
 //
 // Several gateway processes may share one database. A write transaction takes the row lock
@@ -283,6 +283,22 @@ func (s *Store) retryStale(ctx context.Context, fn func() error) error {
 		return err // the server answered with an error, and the connection lives on
 	}
 	s.pool.Reset() // the server dropped the connection, and likely the idle others too
+	return fn()
+}
+
+// retryUnsent runs fn, a write that must not run twice, and once more only if it failed
+// before any of it reached the server (pgconn.SafeToRetry), say on a pooled connection the
+// server had dropped.
+func (s *Store) retryUnsent(ctx context.Context, fn func() error) error {
+	err := fn()
+	if err == nil || ctx.Err() != nil || !pgconn.SafeToRetry(err) {
+		return err
+	}
+	var ce *pgconn.ConnectError
+	if errors.As(err, &ce) {
+		return err // a fresh connection failed: the server is down
+	}
+	s.pool.Reset()
 	return fn()
 }
 

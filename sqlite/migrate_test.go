@@ -88,7 +88,7 @@ func TestMigrationMovesTurnsOutOfTheOutbox(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	if _, err := p.Down(t.Context()); err != nil {
+	if _, err := p.DownTo(t.Context(), 1); err != nil {
 		t.Fatalf("migrate down: %v", err)
 	}
 	rows, err := db.QueryContext(t.Context(), `SELECT dedupe_key, status, json_extract(payload, '$.seq')

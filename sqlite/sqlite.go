@@ -1,6 +1,6 @@
 // Package sqlite is the embedded store of Agate: sessions, their event logs, turns, idempotency
-// keys, the outbox of the event bus and its dead letters in one SQLite file, through the
-// pure-Go driver modernc.org/sqlite.
+// keys, the outbox of the event bus and its dead letters, API keys and the token usage ledger
+// in one SQLite file, through the pure-Go driver modernc.org/sqlite.
 //
 // Every write runs in a BEGIN IMMEDIATE transaction on a single dedicated connection, so
 // concurrent writers in the process queue in Go instead of failing with SQLITE_BUSY, and

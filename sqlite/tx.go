@@ -40,6 +40,28 @@ const (
 	qMarkSent      = `DELETE FROM outbox WHERE id IN (SELECT value FROM json_each(?))`
 	qAddDeadLetter = `INSERT INTO dlq (topic, partition, "offset", key, payload, headers, error, created_at)
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (topic, partition, "offset") DO NOTHING`
+	// A key whose id exists already inserts nothing.
+	qInsertAPIKey = `INSERT INTO api_keys (id, tenant, label, scopes, hash, created_by, created_at)
+		VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`
+	// The first revocation's time stays.
+	qRevokeAPIKey = `UPDATE api_keys SET revoked_at = coalesce(revoked_at, ?3) WHERE id = ?1 AND tenant = ?2
+		RETURNING ` + apiKeyColumns
+	qTouchAPIKey = `UPDATE api_keys SET last_used_at = ?2
+		WHERE id = ?1 AND (last_used_at IS NULL OR last_used_at < ?2)`
+	// The counter is created or added to only if the limit (?5 > 0) leaves room for ?4 more
+	// tokens; a row comes back only then. (The SELECT needs its WHERE: without one SQLite
+	// would read ON CONFLICT as a join constraint.)
+	qReserveTokens = `INSERT INTO usage_ledger (tenant, persona, day, reserved, spent, updated_at)
+		SELECT ?1, ?2, ?3, ?4, 0, ?6 WHERE ?5 <= 0 OR ?4 <= ?5
+		ON CONFLICT (tenant, persona, day) DO UPDATE
+		SET reserved = usage_ledger.reserved + excluded.reserved, updated_at = excluded.updated_at
+		WHERE ?5 <= 0 OR usage_ledger.reserved + usage_ledger.spent + excluded.reserved <= ?5
+		RETURNING reserved`
+	qSettleTokens = `INSERT INTO usage_ledger (tenant, persona, day, reserved, spent, updated_at)
+		VALUES (?1, ?2, ?3, 0, ?5, ?6)
+		ON CONFLICT (tenant, persona, day) DO UPDATE
+		SET reserved = max(usage_ledger.reserved - ?4, 0), spent = usage_ledger.spent + excluded.spent,
+			updated_at = excluded.updated_at`
 )
 
 func prepareWrites(ctx context.Context, db *sql.DB) (map[string]*sql.Stmt, error) {
@@ -48,6 +70,7 @@ func prepareWrites(ctx context.Context, db *sql.DB) (map[string]*sql.Stmt, error
 		qIdempotencyKey, qEventByID, qSessionTenantSeq, qSessionSeq, qInsertSession, qInsertEvent,
 		qInsertTurn, qInsertOutbox, qInsertIdempotencyKey, qFinishTurn, qAppendedToSession,
 		qAcceptedIntoSession, qDeleteSession, qLease, qMarkSent, qAddDeadLetter,
+		qInsertAPIKey, qRevokeAPIKey, qTouchAPIKey, qReserveTokens, qSettleTokens,
 	} {
 		st, err := db.PrepareContext(ctx, q)
 		if err != nil {

@@ -88,6 +88,36 @@ type DeadLetters interface {
 	DeadLetters(ctx context.Context, topic string, after int64, limit int) ([]agate.DeadLetter, error)
 }
 
+// Keys stores API keys (agate.APIKey). Lookups by id are not scoped to a tenant: the id
+// comes from the token, and the key says its tenant.
+type Keys interface {
+	// CreateAPIKey stores k. An id that exists gives agate.EInvalid.
+	CreateAPIKey(ctx context.Context, k agate.APIKey) error
+	// APIKey returns the key with id, revoked or not, or an error with code agate.ENotFound.
+	APIKey(ctx context.Context, id string) (agate.APIKey, error)
+	// APIKeys lists a tenant's keys, revoked ones included, newest first.
+	APIKeys(ctx context.Context, tenant string) ([]agate.APIKey, error)
+	// RevokeAPIKey marks the tenant's key revoked at at (a key revoked before keeps its
+	// first time) and returns it; agate.ENotFound if the tenant has no such key.
+	RevokeAPIKey(ctx context.Context, tenant, id string, at time.Time) (agate.APIKey, error)
+	// TouchAPIKey sets the key's LastUsedAt to at, unless it is later already.
+	TouchAPIKey(ctx context.Context, id string, at time.Time) error
+}
+
+// Ledger keeps token budget counters in the store: the budget of a gateway without Redis
+// (or while Redis is down), and the record of tokens spent.
+type Ledger interface {
+	// ReserveTokens adds n to the counter's Reserved, atomically, if Reserved+Spent+n <=
+	// limit (limit <= 0: no limit), and reports whether it did. Concurrent calls from any
+	// number of processes never reserve past the limit.
+	ReserveTokens(ctx context.Context, key agate.BudgetKey, n, limit int64) (bool, error)
+	// SettleTokens ends a reservation of reserved tokens that used used: Reserved -=
+	// reserved, Spent += used (0 used: a release). Reserved never goes below 0.
+	SettleTokens(ctx context.Context, key agate.BudgetKey, reserved, used int64) error
+	// TokenUsage returns the counter; zero if it was never used.
+	TokenUsage(ctx context.Context, key agate.BudgetKey) (agate.TokenUsage, error)
+}
+
 // Store is all of the persistence a gateway needs; sqlite and postgres implement it and
 // pass turntest.RunStoreTests.
 type Store interface {
@@ -97,6 +127,8 @@ type Store interface {
 	Queue
 	Outbox
 	DeadLetters
+	Keys
+	Ledger
 	Ping(ctx context.Context) error
 	Close() error
 }

@@ -67,6 +67,17 @@ func RunStoreTests(t *testing.T, open func(t *testing.T, o Options) turn.Store) 
 		{"ConcurrentAcceptsKeepOutboxOrderPerSession", bus, testConcurrentOutboxOrder},
 		{"OutboxLeaseHasOneHolder", Options{}, testOutboxLease},
 		{"DeadLettersStoredOncePerRecord", Options{}, testDeadLetters},
+		{"APIKeyRoundTrip", Options{}, testAPIKeyRoundTrip},
+		{"APIKeyDuplicateIDRefused", Options{}, testAPIKeyDuplicateID},
+		{"APIKeysListedPerTenantNewestFirst", Options{}, testAPIKeyListing},
+		{"RevokeAPIKeyKeepsFirstTime", Options{}, testRevokeAPIKey},
+		{"TouchAPIKeyOnlyMovesForward", Options{}, testTouchAPIKey},
+		{"ReserveTokensUpToTheLimit", Options{}, testReserveUpToTheLimit},
+		{"ReserveTokensWithoutLimit", Options{}, testReserveWithoutLimit},
+		{"SettleTokensFreesWhatWasNotUsed", Options{}, testSettleTokens},
+		{"ConcurrentReservationsNeverPassTheLimit", Options{}, testConcurrentReservations},
+		{"TokenCountersArePerTenantPersonaAndDay", Options{}, testTokenCountersAreSeparate},
+		{"NegativeReservationRefused", Options{}, testNegativeReservationRefused},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) { tt.run(t, open(t, tt.opts)) })
@@ -756,4 +767,20 @@ func testClosedStore(t *testing.T, s turn.Store) {
 	wantCode(t, "AddDeadLetter after Close", err, agate.EUnavailable)
 	_, err = s.DeadLetters(t.Context(), "", 0, 10)
 	wantCode(t, "DeadLetters after Close", err, agate.EUnavailable)
+
+	key := agate.APIKey{ID: "k9closed00000001", Tenant: acme, Hash: "h", CreatedAt: time.Now()}
+	wantCode(t, "CreateAPIKey after Close", s.CreateAPIKey(t.Context(), key), agate.EUnavailable)
+	_, err = s.APIKey(t.Context(), key.ID)
+	wantCode(t, "APIKey after Close", err, agate.EUnavailable)
+	_, err = s.APIKeys(t.Context(), acme)
+	wantCode(t, "APIKeys after Close", err, agate.EUnavailable)
+	_, err = s.RevokeAPIKey(t.Context(), acme, key.ID, time.Now())
+	wantCode(t, "RevokeAPIKey after Close", err, agate.EUnavailable)
+	wantCode(t, "TouchAPIKey after Close", s.TouchAPIKey(t.Context(), key.ID, time.Now()), agate.EUnavailable)
+	budget := agate.BudgetKey{Tenant: acme, Day: "2025-03-04"}
+	_, err = s.ReserveTokens(t.Context(), budget, 1, 100)
+	wantCode(t, "ReserveTokens after Close", err, agate.EUnavailable)
+	wantCode(t, "SettleTokens after Close", s.SettleTokens(t.Context(), budget, 1, 1), agate.EUnavailable)
+	_, err = s.TokenUsage(t.Context(), budget)
+	wantCode(t, "TokenUsage after Close", err, agate.EUnavailable)
 }
