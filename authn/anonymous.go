@@ -1,5 +1,3 @@
-// Package authn authenticates requests. Until credentials are configured every caller is
-// the anonymous principal of one tenant (the dev default, GATEWAY_REQUIRE_AUTH=false).
 package authn
 
 import (
@@ -9,7 +7,10 @@ import (
 )
 
 // Anonymous authenticates every request as the subject "anonymous" of Tenant, with
-// Scopes (the dev profile grants "admin"; prod none).
+// Scopes (the dev profile grants "admin"; prod none). It ignores credentials: use it only
+// where nothing is to be verified (tests, benchmarks); the gateway uses Authenticator,
+// which is anonymous too when Config.RequireAuth is false but still verifies credentials
+// that are sent.
 type Anonymous struct {
 	Tenant string
 	Scopes []string
@@ -17,5 +18,5 @@ type Anonymous struct {
 
 // Authenticate never fails.
 func (a Anonymous) Authenticate(*http.Request) (agate.Principal, error) {
-	return agate.Principal{Tenant: a.Tenant, Subject: "anonymous", Scopes: a.Scopes}, nil
+	return agate.Principal{Tenant: a.Tenant, Subject: "anonymous", Scopes: a.Scopes, Via: agate.ViaAnonymous}, nil
 }
