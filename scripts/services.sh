@@ -7,6 +7,9 @@
 #           to use (KEY=value lines; nothing is exported):
 #             AGATE_TEST_POSTGRES=postgres://agate:agate@127.0.0.1:5432/agate_test?sslmode=disable
 #             AGATE_TEST_REDIS=redis://127.0.0.1:6379/0
+#             AGATE_TEST_OPENFGA_BIN=<GOPATH>/bin/openfga
+#           OpenFGA is only installed (go install, minutes when cold), never started: its tests
+#           start and stop private servers of their own from that binary.
 #   down    Stop what `up` started, and only that: servers that were already running are left alone.
 #   status  Print each service's state; exit 1 if one is down.
 #
@@ -229,6 +232,50 @@ redis_status() {
 	if redis_ready; then echo "redis: up on 127.0.0.1:$REDIS_PORT ($who)"; else echo "redis: down"; return 1; fi
 }
 
+# ---- OpenFGA (installed, not started)
+
+OPENFGA_MODULE=github.com/openfga/openfga
+OPENFGA_VERSION=v1.22.1 # the version of go.mod
+
+# ofga_version BIN prints the version of the OpenFGA module BIN was built from, if go can tell.
+ofga_version() {
+	command -v go >/dev/null || return 0
+	go version -m "$1" 2>/dev/null | awk -v m="$OPENFGA_MODULE" '$1 == "mod" && $2 == m { print $3; exit }'
+}
+
+# ofga_bin prints the path of an openfga binary of OPENFGA_VERSION: in go's install
+# directory, else on PATH.
+ofga_bin() {
+	local c cands=()
+	if command -v go >/dev/null; then
+		c=$(go env GOBIN)
+		[ -n "$c" ] || c=$(go env GOPATH)/bin
+		cands+=("$c/openfga")
+	fi
+	if c=$(command -v openfga); then cands+=("$c"); fi
+	for c in "${cands[@]}"; do
+		[ -x "$c" ] && [ "$(ofga_version "$c")" = "$OPENFGA_VERSION" ] && { echo "$c"; return 0; }
+	done
+	return 1
+}
+
+ofga_up() {
+	local bin
+	if bin=$(ofga_bin); then
+		log "openfga: using $bin ($OPENFGA_VERSION)"
+		return
+	fi
+	command -v go >/dev/null || die "openfga missing and go not available: install Go, or go install $OPENFGA_MODULE/cmd/openfga@$OPENFGA_VERSION"
+	log "openfga: go install $OPENFGA_MODULE/cmd/openfga@$OPENFGA_VERSION (several minutes when the build cache is cold)"
+	(cd / && GOFLAGS=-mod=mod go install "$OPENFGA_MODULE/cmd/openfga@$OPENFGA_VERSION") >&2 9>&-
+	ofga_bin >/dev/null || die "openfga: installed, but no $OPENFGA_VERSION binary found in $(go env GOPATH)/bin or on PATH"
+}
+
+ofga_status() {
+	local bin
+	if bin=$(ofga_bin); then echo "openfga: installed at $bin ($OPENFGA_VERSION; started by the tests)"; else echo "openfga: not installed"; return 1; fi
+}
+
 # ---- main
 
 mkdir -p "$STATE"
@@ -244,8 +291,10 @@ up)
 	lock
 	pg_up
 	redis_up
+	ofga_up
 	echo "AGATE_TEST_POSTGRES=$PG_DSN"
 	echo "AGATE_TEST_REDIS=$REDIS_URL"
+	echo "AGATE_TEST_OPENFGA_BIN=$(ofga_bin)"
 	;;
 down)
 	lock
@@ -256,6 +305,7 @@ status)
 	rc=0
 	pg_status || rc=1
 	redis_status || rc=1
+	ofga_status || rc=1
 	exit $rc
 	;;
 *)
