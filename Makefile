@@ -6,8 +6,8 @@ GO ?= go
 # test starts (installing if missing) the real PostgreSQL and Redis on loopback, then runs
 # every test with the race detector, the real-service ones included.
 test: fmt-check vet
-	@env=$$(bash scripts/services.sh up) && eval "$$env" && export AGATE_TEST_POSTGRES AGATE_TEST_REDIS && \
-		echo "real services: $$AGATE_TEST_POSTGRES $$AGATE_TEST_REDIS" && \
+	@env=$$(bash scripts/services.sh up) && eval "$$env" && export AGATE_TEST_POSTGRES AGATE_TEST_REDIS AGATE_TEST_OPENFGA_BIN && \
+		echo "real services: $$AGATE_TEST_POSTGRES $$AGATE_TEST_REDIS $$AGATE_TEST_OPENFGA_BIN" && \
 		$(GO) test -race -count=1 ./...
 
 # test-unit needs nothing installed: the real-service tests are skipped (outside CI).
@@ -18,7 +18,7 @@ test-unit: fmt-check vet
 # starts (installing them if missing): the store suite on PostgreSQL, the Redis adapters,
 # the Kafka layer and relay (kfake speaks Kafka's wire protocol), and the gateway end to end
 # on them, three replica processes included. CI=true: a missing service fails them, never skips.
-INTEGRATION_PKGS ?= ./postgres/ ./redis/ ./kafka/ ./bus/
+INTEGRATION_PKGS ?= ./postgres/ ./redis/ ./kafka/ ./bus/ ./openfga/ ./tenant/...
 INTEGRATION_E2E ?= Postgres|Redis|Replica|Kafka
 
 test-integration:

@@ -49,7 +49,7 @@ func BenchmarkAcceptMessage(b *testing.B) {
 	log := slog.New(slog.NewJSONHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelError}))
 	hub := inmem.NewHub(0)
 	runner := turn.New(store, nopModel{}, hub, log, turn.Config{MaxQueued: 1 << 30})
-	api := httpapi.New(runner, nopModel{}, store, hub, authn.Anonymous{Tenant: "public"}, inmem.NewLimiter(inmem.LimiterConfig{}), nil, log, prometheus.NewRegistry(), httpapi.Config{})
+	api := httpapi.New(httpapi.Deps{Runner: runner, Model: nopModel{}, Store: store, Hub: hub, Auth: authn.Anonymous{Tenant: "public"}, Limiter: inmem.NewLimiter(inmem.LimiterConfig{})}, log, prometheus.NewRegistry(), httpapi.Config{})
 
 	post := func(body string) {
 		req := httptest.NewRequest("POST", "/v1/session/message", strings.NewReader(body))
@@ -122,7 +122,7 @@ func BenchmarkStreamChunkTo100SSEClients(b *testing.B) {
 	log := slog.New(slog.NewJSONHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelError}))
 	hub := inmem.NewHub(0)
 	runner := turn.New(store, nopModel{}, hub, log, turn.Config{})
-	api := httpapi.New(runner, nopModel{}, store, hub, authn.Anonymous{Tenant: "public"}, inmem.NewLimiter(inmem.LimiterConfig{}), nil, log, prometheus.NewRegistry(), httpapi.Config{})
+	api := httpapi.New(httpapi.Deps{Runner: runner, Model: nopModel{}, Store: store, Hub: hub, Auth: authn.Anonymous{Tenant: "public"}, Limiter: inmem.NewLimiter(inmem.LimiterConfig{})}, log, prometheus.NewRegistry(), httpapi.Config{})
 	srv := httptest.NewServer(api)
 	defer srv.Close()
 	acc, err := runner.Send(ctx, agate.Inbound{Tenant: "public", Message: "hi"})

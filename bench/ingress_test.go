@@ -81,7 +81,7 @@ func BenchmarkChatCompletionsIngress(b *testing.B) {
 		}
 		hub := inmem.NewHub(0)
 		runner := turn.New(store, model, hub, log, turn.Config{})
-		api := httpapi.New(runner, model, store, hub, authn.Anonymous{Tenant: "public"}, inmem.NewLimiter(inmem.LimiterConfig{}), nil, log, reg, httpapi.Config{})
+		api := httpapi.New(httpapi.Deps{Runner: runner, Model: model, Store: store, Hub: hub, Auth: authn.Anonymous{Tenant: "public"}, Limiter: inmem.NewLimiter(inmem.LimiterConfig{})}, log, reg, httpapi.Config{})
 		srv := httptest.NewServer(api)
 		defer srv.Close()
 		client := srv.Client()

@@ -23,6 +23,14 @@ func requireScope(r *http.Request, scope string) error {
 	return nil
 }
 
+// admin admits an operations route: the admin scope, then the policy's admin.<name>.
+func (s *Server) admin(r *http.Request, name string) error {
+	if err := requireScope(r, scopeAdmin); err != nil {
+		return err
+	}
+	return s.decide(r, "admin."+name, map[string]any{"type": "route", "name": name}, nil)
+}
+
 // breakerLister is what a Model that routes through circuit breakers also does.
 type breakerLister interface {
 	Breakers() []router.BreakerStatus
@@ -31,7 +39,7 @@ type breakerLister interface {
 // handleBreakers shows every circuit breaker's state (admin scope).
 func (s *Server) handleBreakers() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if err := requireScope(r, scopeAdmin); err != nil {
+		if err := s.admin(r, "breakers"); err != nil {
 			s.fail(w, r, err)
 			return
 		}
@@ -89,7 +97,7 @@ func validTopic(t string) bool {
 // handleDeadLetters lists the stored dead letters, oldest first, paged by id (admin scope).
 func (s *Server) handleDeadLetters() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if err := requireScope(r, scopeAdmin); err != nil {
+		if err := s.admin(r, "dlq"); err != nil {
 			s.fail(w, r, err)
 			return
 		}

@@ -27,7 +27,7 @@ func newAdminRig(t *testing.T, scopes ...string) (*sqlite.Store, *Server) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { store.Close() })
-	s := New(nil, nil, store, nil, authn.Anonymous{Tenant: "t", Scopes: scopes}, nil, nil,
+	s := New(Deps{Store: store, Auth: authn.Anonymous{Tenant: "t", Scopes: scopes}},
 		slog.New(slog.NewTextHandler(io.Discard, nil)), prometheus.NewRegistry(), Config{})
 	return store, s
 }

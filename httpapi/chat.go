@@ -320,19 +320,32 @@ func (s *Server) handleChatCompletions() http.Handler {
 			s.failChat(w, r, err)
 			return
 		}
+		model := cmp.Or(req.Model, "default") // omitted: the default alias
+		if err := s.decide(r, "model.use", map[string]any{"type": "model", "name": model},
+			map[string]any{"model": model}); err != nil {
+			s.failChat(w, r, err)
+			return
+		}
 		record, err := s.recordInto(r)
 		if err != nil {
 			s.failChat(w, r, err)
 			return
 		}
+		settle, err := s.reserve(r, req)
+		if err != nil {
+			s.failChat(w, r, err) // budget_exceeded: 429 with the time until the budget resets
+			return
+		}
 		c := &chatCall{Server: s, w: w, r: r, cr: cr, start: start, stopped: s.stopCtx,
 			id: "chatcmpl-" + strings.ReplaceAll(uuid.NewString(), "-", ""), created: start.Unix()}
 		if !s.acquire() {
+			settle(0)
 			s.failChat(w, r, agate.Errorf(agate.EOverloaded, "Too many chat completions are running; retry shortly."))
 			return
 		}
 		defer s.release()
 		reply, err := c.generate(req)
+		settle(tokensUsed(req, reply))
 		switch {
 		case err == nil:
 		case !c.started:
@@ -513,7 +526,11 @@ func (s *Server) recordInto(r *http.Request) (func(agate.ModelRequest, agate.Rep
 		return nil, err
 	}
 	p, _ := agate.PrincipalFrom(r.Context())
-	if _, err := s.store.Session(r.Context(), p.Tenant, id); err != nil {
+	sess, err := s.store.Session(r.Context(), p.Tenant, id)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.permit(r, sess, relWriter); err != nil {
 		return nil, err
 	}
 	return func(req agate.ModelRequest, reply agate.Reply) {

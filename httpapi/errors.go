@@ -17,7 +17,7 @@ func status(code agate.Code) int {
 		return http.StatusBadRequest
 	case agate.EUnauthenticated:
 		return http.StatusUnauthorized
-	case agate.EForbidden:
+	case agate.EForbidden, agate.EPolicyDenied:
 		return http.StatusForbidden
 	case agate.ENotFound, agate.ESessionNotFound:
 		return http.StatusNotFound
@@ -35,7 +35,7 @@ func status(code agate.Code) int {
 		return http.StatusRequestTimeout
 	case agate.EClientGone:
 		return 499 // nginx's "client closed request": nobody reads it, logs and metrics do
-	case agate.EOverloaded, agate.EUpstreamRate, agate.ERateLimited:
+	case agate.EOverloaded, agate.EUpstreamRate, agate.ERateLimited, agate.EBudgetExceeded:
 		return http.StatusTooManyRequests
 	case agate.EUpstream, agate.EUpstreamAuth, agate.EStreamTruncated, agate.ELLMNotConfigured:
 		return http.StatusBadGateway
@@ -76,6 +76,8 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 func setRetryAfter(w http.ResponseWriter, err error, st int) {
 	if d := agate.RetryAfter(err); d > 0 {
 		w.Header().Set("Retry-After", strconv.Itoa(int((d+time.Second-1)/time.Second)))
+	} else if agate.ErrorCode(err) == agate.EBudgetExceeded {
+		// A call larger than the whole budget: no retry will fit, so no Retry-After.
 	} else if st == http.StatusTooManyRequests || st == http.StatusServiceUnavailable {
 		w.Header().Set("Retry-After", strconv.Itoa(retryAfter))
 	}

@@ -106,11 +106,17 @@ func (s *Server) handleSendMessage() http.Handler {
 			sum := sha256.Sum256(canonical)
 			in.IdempotencyKey, in.RequestHash = key, hex.EncodeToString(sum[:])
 		}
+		creates, err := s.admitMessage(r, in)
+		if err != nil {
+			s.fail(w, r, err)
+			return
+		}
 		acc, err := s.runner.Send(r.Context(), in)
 		if err != nil {
 			s.fail(w, r, err)
 			return
 		}
+		s.accepted(r, creates, acc)
 		if acc.Duplicate {
 			w.Header().Set("Idempotent-Replayed", "true")
 		}

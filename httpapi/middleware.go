@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/agate-gw/agate"
+	"github.com/agate-gw/agate/inmem"
 )
 
 type infoKey struct{}
@@ -162,21 +163,45 @@ func (s *Server) authenticate(h http.Handler, fail func(http.ResponseWriter, *ht
 	})
 }
 
-// meter refuses a request over its tenant's rate (Config.TenantLimit) with 429 and the
+// meter refuses a request over its tenant's rate (the tenant's requests_per_minute, else
+// Config.TenantLimit) or, for an API key, over the key's (Config.KeyLimit), with 429 and the
 // time until one more would be allowed.
 func (s *Server) meter(h http.Handler, fail func(http.ResponseWriter, *http.Request, error)) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if s.cfg.TenantLimit.Rate > 0 {
-			p, _ := agate.PrincipalFrom(r.Context())
-			d, err := s.limiter.Allow(r.Context(), "tenant:"+p.Tenant, s.cfg.TenantLimit)
-			if err != nil {
-				s.logError(r, fmt.Errorf("rate limiter: %w", err)) // let it through: a limiter bug is no reason to refuse
-			} else if !d.Allowed {
-				fail(w, r, &agate.Error{Code: agate.ERateLimited, RetryAfter: d.RetryAfter,
-					Message: fmt.Sprintf("Tenant %q is over its limit of %d requests per %s; retry later.", p.Tenant, s.cfg.TenantLimit.Rate, s.cfg.TenantLimit.Per)})
+		p := principal(r)
+		tenant := s.cfg.TenantLimit
+		if s.tenants != nil {
+			if rpm := s.tenants(p.Tenant).RequestsPerMinute; rpm > 0 {
+				tenant = inmem.Limit{Rate: rpm, Per: time.Minute}
+			}
+		}
+		if err := s.allow(r, "tenant:"+p.Tenant, tenant, fmt.Sprintf("Tenant %q", p.Tenant)); err != nil {
+			fail(w, r, err)
+			return
+		}
+		if p.Via == agate.ViaAPIKey {
+			if err := s.allow(r, "key:"+p.KeyID, s.cfg.KeyLimit, fmt.Sprintf("API key %s", p.KeyID)); err != nil {
+				fail(w, r, err)
 				return
 			}
 		}
 		h.ServeHTTP(w, r)
 	})
+}
+
+// allow takes one request from key's allowance under lim (zero: unlimited).
+func (s *Server) allow(r *http.Request, key string, lim inmem.Limit, who string) error {
+	if lim.Rate <= 0 {
+		return nil
+	}
+	d, err := s.limiter.Allow(r.Context(), key, lim)
+	if err != nil {
+		s.logError(r, fmt.Errorf("rate limiter: %w", err)) // let it through: a limiter bug is no reason to refuse
+		return nil
+	}
+	if !d.Allowed {
+		return &agate.Error{Code: agate.ERateLimited, RetryAfter: d.RetryAfter,
+			Message: fmt.Sprintf("%s is over its limit of %d requests per %s; retry later.", who, lim.Rate, lim.Per)}
+	}
+	return nil
 }

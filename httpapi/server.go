@@ -34,6 +34,7 @@ type Store interface {
 	turn.Sessions
 	turn.History
 	turn.Log
+	turn.Keys
 	turn.DeadLetters
 }
 
@@ -76,6 +77,7 @@ type Config struct {
 	MaxChatBodyBytes int64         // chat completion request limit (whole conversations); default 8 MiB
 	MaxCompletions   int           // chat completions running at once before 429; default 512
 	TenantLimit      inmem.Limit   // requests that create work, per tenant; zero: unlimited
+	KeyLimit         inmem.Limit   // the same per API key; zero: unlimited
 }
 
 func (c *Config) setDefaults() {
@@ -102,6 +104,29 @@ func (c *Config) setDefaults() {
 	}
 }
 
+// Deps is what the API is built on. Authz, Policy, Tenants and NewKey may be nil.
+type Deps struct {
+	Runner  Runner
+	Model   Model
+	Store   Store
+	Hub     *inmem.Hub
+	Auth    Authenticator
+	Limiter Limiter
+	Checks  []Check
+	// Authz decides who may read and change which session; nil: anyone of the tenant.
+	Authz Authorizer
+	// Policy decides actions (conversation.send, model.use, admin.*); nil: all allowed.
+	Policy Policy
+	// Tenants gives a tenant's settings; nil: Config's for every tenant.
+	Tenants func(tenant string) TenantSettings
+	// Budget reserves tokens for a synchronous model call (tenant.Budgets): an error with
+	// agate.EBudgetExceeded refuses it; settle is called once with the tokens used. nil:
+	// no budgets.
+	Budget func(ctx context.Context, tenant, persona string, n int64) (settle func(used int64), err error)
+	// NewKey makes an API key and its token (authn.NewAPIKey); nil: /v1/keys refuses.
+	NewKey func(tenant, label string, scopes []string, createdBy string, now time.Time) (string, agate.APIKey, error)
+}
+
 // Server is the API's http.Handler.
 type Server struct {
 	runner     Runner
@@ -111,6 +136,11 @@ type Server struct {
 	auth       Authenticator
 	limiter    Limiter
 	checks     []Check
+	authz      Authorizer
+	policy     Policy
+	tenants    func(tenant string) TenantSettings
+	newKey     func(tenant, label string, scopes []string, createdBy string, now time.Time) (string, agate.APIKey, error)
+	budget     func(ctx context.Context, tenant, persona string, n int64) (func(used int64), error)
 	log        *slog.Logger
 	metrics    *metrics.HTTP
 	gatherer   prometheus.Gatherer
@@ -126,11 +156,11 @@ type Server struct {
 }
 
 // New returns the API. Metrics are registered on reg and served from it.
-func New(runner Runner, model Model, store Store, hub *inmem.Hub, auth Authenticator, limiter Limiter,
-	checks []Check, log *slog.Logger, reg *prometheus.Registry, cfg Config) *Server {
+func New(d Deps, log *slog.Logger, reg *prometheus.Registry, cfg Config) *Server {
 	cfg.setDefaults()
 	s := &Server{
-		runner: runner, model: model, store: store, hub: hub, auth: auth, limiter: limiter, checks: checks, log: log,
+		runner: d.Runner, model: d.Model, store: d.Store, hub: d.Hub, auth: d.Auth, limiter: d.Limiter, checks: d.Checks,
+		authz: d.Authz, policy: d.Policy, tenants: d.Tenants, newKey: d.NewKey, budget: d.Budget, log: log,
 		metrics: metrics.NewHTTP(reg), gatherer: reg, cfg: cfg, started: time.Now(),
 		slots: make(chan struct{}, cfg.MaxCompletions),
 	}

@@ -9,14 +9,23 @@ import (
 	"github.com/google/uuid"
 )
 
-// session returns the session named by the {id} path value, if the caller's tenant has it.
-func (s *Server) session(r *http.Request) (agate.Session, error) {
+// session returns the session named by the {id} path value, if the caller's tenant has it
+// (agate.ESessionNotFound otherwise, also for another tenant's) and the caller has
+// relation to it (relViewer or relWriter; agate.EForbidden otherwise).
+func (s *Server) session(r *http.Request, relation string) (agate.Session, error) {
 	id, err := parseSessionID(r.PathValue("id"))
 	if err != nil {
 		return agate.Session{}, err
 	}
 	p, _ := agate.PrincipalFrom(r.Context())
-	return s.store.Session(r.Context(), p.Tenant, id)
+	sess, err := s.store.Session(r.Context(), p.Tenant, id)
+	if err != nil {
+		return agate.Session{}, err
+	}
+	if err := s.permit(r, sess, relation); err != nil {
+		return agate.Session{}, err
+	}
+	return sess, nil
 }
 
 // queryInt reads an integer query parameter within [min, max], def when absent.
@@ -58,9 +67,18 @@ func (s *Server) handleListSessions() http.Handler {
 			s.fail(w, r, err)
 			return
 		}
-		page := sessionsPage{Sessions: list}
-		if page.Sessions == nil {
-			page.Sessions = []agate.Session{}
+		page := sessionsPage{Sessions: []agate.Session{}}
+		for _, sess := range list {
+			// Only those the caller may read: a page may hold fewer than limit, and
+			// next_after still pages through the tenant's sessions.
+			switch err := s.permit(r, sess, relViewer); agate.ErrorCode(err) {
+			case "":
+				page.Sessions = append(page.Sessions, sess)
+			case agate.EForbidden:
+			default:
+				s.fail(w, r, err)
+				return
+			}
 		}
 		if len(list) == int(limit) {
 			page.NextAfter = list[len(list)-1].ID.String()
@@ -79,7 +97,7 @@ type eventsPage struct {
 // handleListEvents pages through a session's stored events by seq.
 func (s *Server) handleListEvents() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		sess, err := s.session(r)
+		sess, err := s.session(r, relViewer)
 		if err != nil {
 			s.fail(w, r, err)
 			return
@@ -119,7 +137,7 @@ type historyBody struct {
 // handleHistory returns the conversation: user messages and successful replies, oldest first.
 func (s *Server) handleHistory() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		sess, err := s.session(r)
+		sess, err := s.session(r, relViewer)
 		if err != nil {
 			s.fail(w, r, err)
 			return
@@ -145,12 +163,12 @@ func (s *Server) handleHistory() http.Handler {
 // open streams.
 func (s *Server) handleDeleteSession() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		id, err := parseSessionID(r.PathValue("id"))
+		sess, err := s.session(r, relWriter)
 		if err != nil {
 			s.fail(w, r, err)
 			return
 		}
-		p, _ := agate.PrincipalFrom(r.Context())
+		id, p := sess.ID, principal(r)
 		if err := s.store.DeleteSession(r.Context(), p.Tenant, id); err != nil {
 			s.fail(w, r, err)
 			return

@@ -15,7 +15,7 @@ import (
 // envelope as data. Last-Event-ID, or ?after=, resumes after that position.
 func (s *Server) handleSSE() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		sess, err := s.session(r)
+		sess, err := s.session(r, relViewer)
 		if err != nil {
 			s.fail(w, r, err)
 			return

@@ -59,7 +59,7 @@ func (s *Server) handleWebSocket() http.Handler {
 			s.fail(w, r, err)
 			return
 		}
-		conn, err := websocket.Accept(w, r, nil)
+		conn, err := websocket.Accept(w, r, &websocket.AcceptOptions{Subprotocols: bearerProtocol(r)})
 		if err != nil {
 			return // Accept has answered the client
 		}
@@ -70,18 +70,22 @@ func (s *Server) handleWebSocket() http.Handler {
 		s.metrics.WSClients.Inc()
 		defer s.metrics.WSClients.Dec()
 
-		sess, err := s.session(r)
+		sess, err := s.session(r, relViewer)
 		if err != nil {
 			switch agate.ErrorCode(err) {
 			case agate.ESessionNotFound, agate.EInvalidSessionID:
 				conn.Close(closeUnknownSession, agate.ErrorMessage(err))
+			case agate.EForbidden:
+				conn.Close(closeForbidden, agate.ErrorMessage(err))
+			case agate.EUnavailable:
+				conn.Close(websocket.StatusTryAgainLater, agate.ErrorMessage(err))
 			default:
 				s.logError(r, err)
 				conn.Close(websocket.StatusInternalError, agate.ErrorMessage(err))
 			}
 			return
 		}
-		ws := &wsConn{Server: s, ctx: r.Context(), conn: conn, sub: s.hub.Subscribe(sess.ID), session: sess.ID, resume: make(chan cursor, 1)}
+		ws := &wsConn{Server: s, ctx: r.Context(), conn: conn, sub: s.hub.Subscribe(sess.ID), session: sess.ID, sess: sess, resume: make(chan cursor, 1)}
 		defer func() { ws.sub.Close() }()
 		ws.serve(r, c)
 	})
@@ -94,6 +98,7 @@ type wsConn struct {
 	conn    *websocket.Conn
 	sub     *inmem.Subscription // one for the connection, across resumes
 	session uuid.UUID
+	sess    agate.Session
 	resume  chan cursor // latest resume request; the writer restarts from it
 }
 
@@ -241,6 +246,10 @@ func (ws *wsConn) readFrames(r *http.Request) error {
 		case "ping":
 			err = ws.write(serverFrame{Type: "pong"})
 		case "cancel":
+			if perr := ws.permit(r, ws.sess, relWriter); perr != nil {
+				err = ws.write(serverFrame{Type: "error", Code: agate.ErrorCode(perr), Detail: agate.ErrorMessage(perr)})
+				break
+			}
 			cancelled := ws.runner.Cancel(ws.session)
 			err = ws.write(serverFrame{Type: "cancel", SessionID: ws.session, Cancelled: &cancelled})
 		case "resume":
@@ -272,6 +281,11 @@ func (ws *wsConn) message(r *http.Request, b messageBody) error {
 	p, _ := agate.PrincipalFrom(r.Context())
 	in, err := ws.inbound(p, b)
 	if err == nil {
+		if err = ws.permit(r, ws.sess, relWriter); err == nil {
+			err = ws.decide(r, "conversation.send", map[string]any{"type": "session", "id": ws.session.String()}, map[string]any{"persona": in.PersonaID})
+		}
+	}
+	if err == nil {
 		var acc agate.Accepted
 		if acc, err = ws.runner.Send(ws.ctx, in); err == nil {
 			return ws.write(serverFrame{Type: "ack", SessionID: acc.Turn.SessionID, EventID: acc.Event.EventID, Seq: acc.Event.Seq, Duplicate: acc.Duplicate})
@@ -279,4 +293,18 @@ func (ws *wsConn) message(r *http.Request, b messageBody) error {
 	}
 	ws.logError(r, err)
 	return ws.write(serverFrame{Type: "error", Code: agate.ErrorCode(err), Detail: agate.ErrorMessage(err)})
+}
+
+// bearerProtocol returns the "bearer.<token>" subprotocol a browser offered to carry its
+// credential (it cannot set headers on a WebSocket), so that the handshake echoes it, as
+// browsers require of a subprotocol they offered.
+func bearerProtocol(r *http.Request) []string {
+	for _, v := range r.Header.Values("Sec-WebSocket-Protocol") {
+		for _, p := range strings.Split(v, ",") {
+			if p = strings.TrimSpace(p); strings.HasPrefix(p, "bearer.") {
+				return []string{p}
+			}
+		}
+	}
+	return nil
 }

@@ -4,6 +4,7 @@
 package turn
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -30,6 +31,13 @@ type Config struct {
 	MaxTokens     int           // reply limit; 0: the provider's default
 	Model         string        // model name passed to the provider; "" for its default
 	SystemPrompt  string        // the tenants' default system prompt
+	// SystemPromptFor, when set, gives a tenant's system prompt ("": SystemPrompt).
+	SystemPromptFor func(tenant string) string
+	// Admit, when set, is asked before each model call with the request about to be
+	// made. An error refuses the call: the turn ends with its code (agate.EPolicyDenied,
+	// agate.EBudgetExceeded, …) and message. Otherwise settle is called exactly once,
+	// with the tokens the call used (0 when it failed before any were reported).
+	Admit func(ctx context.Context, t agate.Turn, req agate.ModelRequest) (settle func(used int64), err error)
 	// External: turns arrive through Submit (from the event bus, which also redelivers
 	// unfinished ones) and leave through Withdraw when the bus hands them to another
 	// replica; Send only stores the message and Recover queues nothing.
@@ -525,11 +533,25 @@ func (tr *turnRun) generate(ctx context.Context) (agate.Reply, error) {
 	if len(history) > tr.cfg.HistoryLimit {
 		history = history[len(history)-tr.cfg.HistoryLimit:]
 	}
+	system := tr.cfg.SystemPrompt
+	if tr.cfg.SystemPromptFor != nil {
+		system = cmp.Or(tr.cfg.SystemPromptFor(tr.t.Tenant), system)
+	}
 	req := prompt.Build(prompt.Input{
-		System: tr.cfg.SystemPrompt, History: history, Budget: tr.cfg.ContextTokens,
+		System: system, History: history, Budget: tr.cfg.ContextTokens,
 		Model: tr.cfg.Model, MaxTokens: tr.cfg.MaxTokens,
 	})
+	settle := func(int64) {}
+	if tr.cfg.Admit != nil {
+		s, err := tr.cfg.Admit(ctx, tr.t, req)
+		if err != nil {
+			return agate.Reply{}, err
+		}
+		var once sync.Once
+		settle = func(used int64) { once.Do(func() { s(used) }) }
+	}
 	if err := tr.persist(ctx, tr.event(agate.TypeThinking, "", map[string]any{"messages": len(req.Messages)})); err != nil {
+		settle(0)
 		return agate.Reply{}, fmt.Errorf("record thinking: %w", err)
 	}
 
@@ -551,7 +573,25 @@ func (tr *turnRun) generate(ctx context.Context) (agate.Reply, error) {
 	if err == nil && reply.Text == "" {
 		reply.Text = tr.text
 	}
+	settle(used(req, reply, tr.text))
 	return reply, err
+}
+
+// used returns the tokens a model call used: the provider's count, else an estimate of
+// the prompt and of what was generated (none when nothing was).
+func used(req agate.ModelRequest, reply agate.Reply, streamed string) int64 {
+	if reply.Usage.TotalTokens > 0 {
+		return int64(reply.Usage.TotalTokens)
+	}
+	text := cmp.Or(reply.Text, streamed)
+	if text == "" {
+		return 0
+	}
+	n := prompt.Tokens(text)
+	for _, m := range req.Messages {
+		n += prompt.Tokens(m.Content)
+	}
+	return int64(n)
 }
 
 // end sends the turn's terminal event: assistant.final with metadata.status ok, error or

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -721,4 +722,58 @@ func (p explosive) Publish(ev agate.Event) {
 		panic("publisher bug")
 	}
 	p.Publisher.Publish(ev)
+}
+
+// TestAdmissionRefusesOrSettlesEachModelCall covers Config.Admit and SystemPromptFor: a
+// refused call ends the turn with the refusal's code without calling the model; an
+// admitted one is settled once with the provider's token count, and the tenant's system
+// prompt is what the model gets.
+func TestAdmissionRefusesOrSettlesEachModelCall(t *testing.T) {
+	var (
+		mu      sync.Mutex
+		settled []int64
+		systems []string
+		refuse  = true
+	)
+	model := llmtest.New(llmtest.Text("fine").Usage(agate.Usage{PromptTokens: 7, CompletionTokens: 3, TotalTokens: 10}))
+	r := newRig(t, model, turn.Config{
+		SystemPrompt:    "default",
+		SystemPromptFor: func(tenant string) string { return "prompt of " + tenant },
+		Admit: func(_ context.Context, tt agate.Turn, req agate.ModelRequest) (func(int64), error) {
+			mu.Lock()
+			defer mu.Unlock()
+			systems = append(systems, req.Messages[0].Content)
+			if refuse {
+				return nil, agate.Errorf(agate.EBudgetExceeded, "Tenant %q has spent its tokens for today.", tt.Tenant)
+			}
+			return func(n int64) {
+				mu.Lock()
+				defer mu.Unlock()
+				settled = append(settled, n)
+			}, nil
+		},
+	})
+	_, sub := r.send(t, uuid.Nil, "hi")
+	evs := untilTerminal(t, sub)
+	final := evs[len(evs)-1]
+	if final.Metadata["code"] != string(agate.EBudgetExceeded) || final.Metadata["status"] != agate.StatusError ||
+		!strings.Contains(final.Message, "spent its tokens") {
+		t.Fatalf("refused turn ended with %q %v", final.Message, final.Metadata)
+	}
+	mu.Lock()
+	refuse = false
+	mu.Unlock()
+	_, sub = r.send(t, uuid.Nil, "again")
+	evs = untilTerminal(t, sub)
+	if final := evs[len(evs)-1]; final.Message != "fine" {
+		t.Fatalf("admitted turn ended with %q %v", final.Message, final.Metadata)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !slices.Equal(settled, []int64{10}) {
+		t.Errorf("settled %v, want [10] (once, the provider's total)", settled)
+	}
+	if len(systems) != 2 || systems[0] != "prompt of t1" {
+		t.Errorf("system prompts %q, want the tenant's", systems)
+	}
 }

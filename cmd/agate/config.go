@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -23,8 +24,25 @@ type config struct {
 	Profile      string        `env:"AGATE_PROFILE" default:"dev" help:"dev (demo model when no provider is set) or prod"`
 	LogLevel     string        `env:"LOG_LEVEL" default:"info" help:"debug, info, warn or error"`
 	LogFormat    string        `env:"LOG_FORMAT" default:"json" help:"json or text"`
-	RequireAuth  bool          `env:"GATEWAY_REQUIRE_AUTH" default:"false" help:"require credentials (not available in this version: refuses to start when true)"`
+	RequireAuth  bool          `env:"GATEWAY_REQUIRE_AUTH" default:"false" help:"require credentials: a JWT or an API key (false: requests without credentials are the anonymous caller of AGATE_DEFAULT_TENANT; credentials that are sent are still verified)"`
+	JWTSecret    string        `env:"GATEWAY_JWT_SECRET" secret:"true" help:"HMAC secret of HS256/384/512 tokens"`
+	JWTPublicKey string        `env:"GATEWAY_JWT_PUBLIC_KEY" help:"PEM public key (or certificate) of RS*/PS*/ES* tokens"`
+	JWKSURL      string        `env:"GATEWAY_JWKS_URL" help:"JWKS of the token issuer, cached and refreshed when a token names an unknown key"`
+	JWTIssuer    string        `env:"GATEWAY_JWT_ISSUER" help:"required iss claim"`
+	JWTAudience  string        `env:"GATEWAY_JWT_AUDIENCE" help:"required aud claim"`
+	JWTAlgs      string        `env:"GATEWAY_JWT_ALGORITHMS" help:"allowed algorithms, comma-separated (default: those of the configured key)"`
+	JWTLeeway    time.Duration `env:"GATEWAY_JWT_LEEWAY" default:"30s" help:"clock skew allowed when checking exp and nbf"`
 	Tenant       string        `env:"AGATE_DEFAULT_TENANT" default:"public" help:"tenant of anonymous callers"`
+	KeyRPM       int           `env:"AGATE_KEY_RPM" default:"0" help:"requests per minute per API key on the routes that create work; 0: unlimited"`
+	TenantConfig string        `env:"TENANT_CONFIG_PATH" help:"tenants.yaml: per-tenant system prompt, token budgets, rate limits, model routing (reloaded when it changes)"`
+	OpenFGAURL   string        `env:"OPENFGA_API_URL" help:"OpenFGA server for relationship checks (default: OpenFGA's engine in process, memory datastore)"`
+	OpenFGAStore string        `env:"OPENFGA_STORE_ID" help:"OpenFGA store id (with OPENFGA_CREATE=true and none given: created)"`
+	OpenFGAModel string        `env:"OPENFGA_MODEL_ID" help:"OpenFGA authorization model id (default: the store's latest)"`
+	OpenFGAToken string        `env:"OPENFGA_API_TOKEN" secret:"true" help:"OpenFGA API token"`
+	OpenFGANew   bool          `env:"OPENFGA_CREATE" default:"false" help:"create the OpenFGA store and write conf/authz.fga when OPENFGA_STORE_ID is empty"`
+	OpenFGAStale int           `env:"OPENFGA_STALE_SECONDS" default:"30" help:"while OpenFGA is unreachable, allow decisions seen this recently are reused; then 503"`
+	OPAURL       string        `env:"OPA_URL" help:"OPA server for policy decisions (default: OPA's engine in process with AGATE_POLICY_DIR)"`
+	PolicyDir    string        `env:"AGATE_POLICY_DIR" help:"directory of the Rego policies (package agate), reloaded when they change (default: the policies built into agate)"`
 	LLMBaseURL   string        `env:"LLM_BASE_URL" help:"OpenAI-compatible API base URL, e.g. https://api.openai.com/v1"`
 	LLMAPIKey    string        `env:"LLM_API_KEY" secret:"true" help:"API key for LLM_BASE_URL"`
 	LLMModel     string        `env:"LLM_MODEL" help:"model name sent to the provider"`
@@ -124,8 +142,12 @@ func (c config) validate() error {
 		return fmt.Errorf("AGATE_PROFILE=%q: want dev or prod", c.Profile)
 	case c.LogFormat != "json" && c.LogFormat != "text":
 		return fmt.Errorf("LOG_FORMAT=%q: want json or text", c.LogFormat)
-	case c.RequireAuth:
-		return fmt.Errorf("GATEWAY_REQUIRE_AUTH=true: authentication is not available in this version; refusing to run without it")
+	case slices.ContainsFunc(strings.Split(c.JWTAlgs, ","), func(a string) bool { return strings.EqualFold(strings.TrimSpace(a), "none") }):
+		return fmt.Errorf("GATEWAY_JWT_ALGORITHMS=%q: \"none\" is never allowed", c.JWTAlgs)
+	case c.JWKSURL != "" && !strings.HasPrefix(c.JWKSURL, "https://") && !strings.HasPrefix(c.JWKSURL, "http://"):
+		return fmt.Errorf("GATEWAY_JWKS_URL=%q: want an http:// or https:// URL", c.JWKSURL)
+	case c.OpenFGAURL != "" && c.OpenFGAStore == "" && !c.OpenFGANew:
+		return fmt.Errorf("OPENFGA_API_URL is set without OPENFGA_STORE_ID: name the store, or set OPENFGA_CREATE=true to create one")
 	case c.LLMBaseURL != "" && !strings.HasPrefix(c.LLMBaseURL, "http://") && !strings.HasPrefix(c.LLMBaseURL, "https://"):
 		return fmt.Errorf("LLM_BASE_URL=%q: want an http:// or https:// URL", c.LLMBaseURL)
 	}

@@ -133,7 +133,16 @@ func serve(ctx context.Context, cfg config, log *slog.Logger, stdout io.Writer) 
 		g.api.Drain()
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ectx), cfg.Grace)
 		defer cancel()
-		return errors.Join(srv.Shutdown(sctx), g.api.Wait(sctx))
+		if err := srv.Shutdown(sctx); err != nil {
+			// Requests still running after the grace period are cut off: the state they
+			// changed is stored already, and their clients resume or retry.
+			log.Warn("requests still running after the grace period; closing their connections", "err", err)
+			srv.Close()
+		}
+		if err := g.api.Wait(sctx); err != nil {
+			log.Warn("WebSocket connections still open after the grace period", "err", err)
+		}
+		return nil
 	})
 	err = eg.Wait()
 	log.Info("stopped")

@@ -2,9 +2,11 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestHealthReadinessMetricsAndOpenAPI(t *testing.T) {
@@ -87,22 +89,33 @@ func TestBadSettingsStopStartWithAClearError(t *testing.T) {
 		"AGATE_PROFILE":           "want dev or prod",
 		"LLM_TIMEOUT":             "duration",
 		"AGATE_WORKERS":           "whole number",
-		"GATEWAY_REQUIRE_AUTH":    "refusing",
+		"GATEWAY_JWT_ALGORITHMS":  "never allowed",
+		"GATEWAY_JWKS_URL":        "http:// or https://",
 		"LLM_BASE_URL":            "http:// or https://",
 		"LOG_LEVEL":               "want debug",
 		"AGATE_MAX_BODY_BYTES":    "must exceed",
 		"KAFKA_BOOTSTRAP_SERVERS": "without POSTGRES_DSN",
 		"KAFKA_SASL_MECHANISM":    "want plain",
 	} {
-		vals := map[string]string{"AGATE_PROFILE": "staging", "LLM_TIMEOUT": "soon", "AGATE_WORKERS": "-3", "GATEWAY_REQUIRE_AUTH": "true",
+		vals := map[string]string{"AGATE_PROFILE": "staging", "LLM_TIMEOUT": "soon", "AGATE_WORKERS": "-3", "GATEWAY_JWT_ALGORITHMS": "RS256,none", "GATEWAY_JWKS_URL": "ftp://keys",
 			"LLM_BASE_URL": "api.openai.com", "LOG_LEVEL": "loud", "AGATE_MAX_BODY_BYTES": "1000",
 			"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9092", "KAFKA_SASL_MECHANISM": "gssapi"}
-		err := run(t.Context(), []string{"agate"}, func(k string) string {
-			if k == env {
+		// Should a bad setting be taken, the gateway runs: it stops after a while instead
+		// of hanging the test, and on a port and data directory of the test's own.
+		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+		dir := t.TempDir()
+		err := run(ctx, []string{"agate"}, func(k string) string {
+			switch k {
+			case env:
 				return vals[k]
+			case "AGATE_ADDR":
+				return "127.0.0.1:0"
+			case "AGATE_DATA_DIR":
+				return dir
 			}
 			return ""
 		}, nil, &strings.Builder{}, &strings.Builder{})
+		cancel()
 		if err == nil || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), env) {
 			t.Errorf("%s=%s: err = %v, want it to name the variable and say %q", env, vals[env], err, want)
 		}

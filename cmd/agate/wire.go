@@ -28,6 +28,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	goredis "github.com/redis/go-redis/v9"
 )
 
 // gateway is the wired program: the one place that chooses adapters.
@@ -59,24 +60,44 @@ func wire(ctx context.Context, cfg config, log *slog.Logger) (*gateway, error) {
 	if err != nil {
 		return nil, err
 	}
+	var closers []func() error
+	fail := func(err error) (*gateway, error) {
+		return nil, errors.Join(err, (&gateway{store: store, closer: closers}).close())
+	}
 	model, err := chooseModels(cfg, reg, log)
 	if err != nil {
-		return nil, errors.Join(err, store.Close())
+		return fail(err)
 	}
+	var rc *goredis.Client
+	if cfg.RedisURL != "" {
+		redis.UseLogger(log)
+		if rc, err = redis.NewClient(cfg.RedisURL); err != nil {
+			return fail(err)
+		}
+		closers = append(closers, rc.Close)
+	}
+	acc, err := wireAccess(cfg, store, rc, log)
+	if err != nil {
+		return fail(err)
+	}
+	az, err := wireAuthz(ctx, cfg, log, reg)
+	if err != nil {
+		return fail(err)
+	}
+	closers = append(closers, az.closers...)
 
 	hub := inmem.NewHub(0)
 	tcfg := turn.Config{
 		Workers: cfg.Workers, MaxQueued: cfg.MaxQueued, TurnTimeout: cfg.TurnTimeout, Grace: cfg.Grace,
 		HistoryLimit: cfg.History, ContextTokens: cfg.Context, MaxTokens: cfg.LLMMaxTokens,
-		SystemPrompt: cfg.SystemPrompt,
+		SystemPrompt: cfg.SystemPrompt, SystemPromptFor: acc.systemPrompt, Admit: acc.admit(az.policy, cfg.LLMMaxTokens, log),
 	}
 	var (
-		runner  *turn.Runner
-		api     httpapi.Runner
-		jobs    []func(context.Context) error
-		after   []func(context.Context) error
-		closers []func() error
-		checks  []httpapi.Check
+		runner *turn.Runner
+		api    httpapi.Runner
+		jobs   = append(acc.jobs, az.jobs...)
+		after  []func(context.Context) error
+		checks = az.checks
 	)
 	if cfg.Kafka == "" {
 		runner = turn.New(store, model, hub, log, tcfg)
@@ -84,22 +105,17 @@ func wire(ctx context.Context, cfg config, log *slog.Logger) (*gateway, error) {
 	} else {
 		b, err := wireBus(cfg, replica, store, model, hub, tcfg, log, reg)
 		if err != nil {
-			return nil, errors.Join(err, store.Close())
+			return fail(err)
 		}
-		runner, api, jobs, after, closers = b.runner, b.api, b.jobs, b.after, b.closers
+		runner, api, after = b.runner, b.api, b.after
+		jobs, closers = append(jobs, b.jobs...), append(b.closers, closers...)
 		checks = append(checks, b.check)
 	}
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "turns_queued", Help: "Turns accepted and not finished (waiting or running).",
 	}, func() float64 { return float64(runner.Queued()) }))
 
-	limiter, limitCheck, err := chooseLimiter(cfg, log)
-	if err != nil {
-		return nil, errors.Join(err, (&gateway{store: store, closer: closers}).close())
-	}
-	if limitCheck.Probe != nil {
-		closers = append(closers, limitCheck.close)
-	}
+	limiter, limitCheck := chooseLimiter(cfg, rc, log)
 
 	checks = append([]httpapi.Check{
 		{Name: "store", Required: true, Probe: store.Ping},
@@ -110,12 +126,16 @@ func wire(ctx context.Context, cfg config, log *slog.Logger) (*gateway, error) {
 			return nil
 		}},
 	}, checks...)
-	if limitCheck.Probe != nil {
-		checks = append(checks, limitCheck.Check)
+	if limitCheck != nil {
+		checks = append(checks, *limitCheck)
 	}
-	srv := httpapi.New(api, model, store, hub, anonymous(cfg), limiter, checks, log, reg, httpapi.Config{
+	srv := httpapi.New(httpapi.Deps{Runner: api, Model: model, Store: store, Hub: hub, Auth: acc.auth,
+		Limiter: limiter, Checks: checks, Authz: az.rel, Policy: az.policy, Tenants: acc.settings, NewKey: authn.NewAPIKey,
+		Budget: acc.reserve(log),
+	}, log, reg, httpapi.Config{
 		MaxBodyBytes: cfg.MaxBody, MaxMessageBytes: cfg.MaxMessage,
 		TenantLimit: inmem.Limit{Rate: cfg.TenantRPM, Per: time.Minute},
+		KeyLimit:    inmem.Limit{Rate: cfg.KeyRPM, Per: time.Minute},
 	})
 	return &gateway{store: store, runner: runner, api: srv, jobs: jobs, after: after, closer: closers}, nil
 }
@@ -127,46 +147,22 @@ func replicaName() string {
 	return cmp.Or(host, "agate") + "-" + uuid.NewString()[:8]
 }
 
-// redisCheck is the health component of a Redis-backed limiter, and its client's close.
-type redisCheck struct {
-	httpapi.Check
-	close func() error
-}
-
-// chooseLimiter returns the Redis limiter when REDIS_URL is set (its health check reports
+// chooseLimiter returns the Redis limiter when rc is not nil (its health check reports
 // "degraded" while Redis does not answer, and the limiter enforces limits in process),
 // else an in-process one.
-func chooseLimiter(cfg config, log *slog.Logger) (httpapi.Limiter, redisCheck, error) {
-	if cfg.RedisURL == "" {
-		return inmem.NewLimiter(inmem.LimiterConfig{}), redisCheck{}, nil
+func chooseLimiter(cfg config, rc *goredis.Client, log *slog.Logger) (httpapi.Limiter, *httpapi.Check) {
+	if rc == nil {
+		return inmem.NewLimiter(inmem.LimiterConfig{}), nil
 	}
-	redis.UseLogger(log)
-	client, err := redis.NewClient(cfg.RedisURL)
-	if err != nil {
-		return nil, redisCheck{}, err
-	}
-	l := redis.NewLimiter(client, nil, redis.Config{Replicas: max(cfg.Replicas, 1), Logger: log})
-	return l, redisCheck{
-		// Asks Redis itself: the limiter notices an outage, and its end, only when a
-		// request comes.
-		Check: httpapi.Check{Name: "redis", Probe: func(ctx context.Context) error {
-			if err := client.Ping(ctx).Err(); err != nil {
-				return agate.Wrap(agate.EUnavailable, err, "redis is unreachable; limits are enforced per replica")
-			}
-			return nil
-		}},
-		close: client.Close,
-	}, nil
-}
-
-// anonymous is the principal of every caller while authentication is off; only the dev
-// profile makes it an operator.
-func anonymous(cfg config) authn.Anonymous {
-	a := authn.Anonymous{Tenant: cfg.Tenant}
-	if cfg.Profile == "dev" {
-		a.Scopes = []string{"admin"}
-	}
-	return a
+	l := redis.NewLimiter(rc, nil, redis.Config{Replicas: max(cfg.Replicas, 1), Logger: log})
+	// Asks Redis itself: the limiter notices an outage, and its end, only when a request
+	// comes.
+	return l, &httpapi.Check{Name: "redis", Probe: func(ctx context.Context) error {
+		if err := rc.Ping(ctx).Err(); err != nil {
+			return agate.Wrap(agate.EUnavailable, err, "redis is unreachable; limits and budgets fall back to each replica and the store")
+		}
+		return nil
+	}}
 }
 
 // openStore opens the PostgreSQL store when POSTGRES_DSN is set, else the embedded SQLite

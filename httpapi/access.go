@@ -1,0 +1,247 @@
+package httpapi
+
+import (
+	"context"
+	"net/http"
+	"net/url"
+
+	"github.com/agate-gw/agate"
+	"github.com/agate-gw/agate/prompt"
+	"github.com/google/uuid"
+)
+
+// Authorizer checks and records relationships (openfga): who may read and change which
+// session (conf/authz.fga).
+type Authorizer interface {
+	// Check reports whether t holds, counting contextual tuples as if they were stored.
+	// An error means it cannot tell (agate.EUnavailable): never a refusal.
+	Check(ctx context.Context, t agate.Tuple, contextual ...agate.Tuple) (bool, error)
+	// Write records tuples; writing one that exists is not an error.
+	Write(ctx context.Context, tuples ...agate.Tuple) error
+	// Delete removes tuples; removing one that does not exist is not an error.
+	Delete(ctx context.Context, tuples ...agate.Tuple) error
+}
+
+// Policy decides whether an action is allowed (opa). Any error is a refusal; its code
+// says why (agate.EUnavailable when the policy engine cannot answer).
+type Policy interface {
+	Decide(ctx context.Context, in agate.PolicyInput) (agate.PolicyDecision, error)
+}
+
+// TenantSettings is what the API reads of a tenant's settings (tenant.Registry).
+type TenantSettings struct {
+	RequestsPerMinute int      // 0: Config.TenantLimit
+	Allow, Deny       []string // model patterns of routing.allow / routing.deny
+}
+
+// Relations of conf/authz.fga that the API checks on sessions.
+const (
+	relViewer = "viewer" // may read the session and follow its stream
+	relWriter = "writer" // may send into it, cancel its turn, delete it
+)
+
+// Object references of the authorization model. Ids are escaped (":", "#", "/" and
+// spaces included) so that neither a tenant nor a subject can forge another's reference.
+func userRef(p agate.Principal) string {
+	return "user:" + url.QueryEscape(p.Tenant) + "/" + url.QueryEscape(p.Subject)
+}
+func tenantRef(tenant string) string            { return "tenant:" + url.QueryEscape(tenant) }
+func sessionRef(id uuid.UUID) string            { return "session:" + id.String() }
+func (s *Server) authzOn() bool                 { return s.authz != nil }
+func principal(r *http.Request) agate.Principal { p, _ := agate.PrincipalFrom(r.Context()); return p }
+
+// roles are the contextual tuples of what the principal's credentials say it is: an
+// "admin" scope makes it an admin of its tenant for this request only, so a scope taken
+// away is gone at once.
+func roles(p agate.Principal) []agate.Tuple {
+	if p.HasScope(agate.ScopeAdmin) {
+		return []agate.Tuple{{User: userRef(p), Relation: "admin", Object: tenantRef(p.Tenant)}}
+	}
+	return nil
+}
+
+// created records a new session's relationships: the creator owns it, and it belongs to
+// its tenant (whose admins may then read and change it).
+func (s *Server) created(ctx context.Context, p agate.Principal, id uuid.UUID) error {
+	if !s.authzOn() {
+		return nil
+	}
+	return s.authz.Write(ctx,
+		agate.Tuple{User: userRef(p), Relation: "owner", Object: sessionRef(id)},
+		agate.Tuple{User: tenantRef(p.Tenant), Relation: "tenant", Object: sessionRef(id)})
+}
+
+// permit checks that the caller has relation (relViewer or relWriter) to sess, a session
+// of its tenant. A session whose relationships were never recorded (created before
+// authorization was configured) is its creator's: the tuples are written then.
+func (s *Server) permit(r *http.Request, sess agate.Session, relation string) error {
+	if !s.authzOn() {
+		return nil
+	}
+	ctx, p := r.Context(), principal(r)
+	ok, err := s.authz.Check(ctx, agate.Tuple{User: userRef(p), Relation: relation, Object: sessionRef(sess.ID)}, roles(p)...)
+	if err != nil {
+		if agate.ErrorCode(err) != agate.EUnavailable {
+			return err // a tuple the model refuses: a bug, logged as one
+		}
+		return agate.Wrap(agate.EUnavailable, err, "Authorization cannot be checked right now; retry shortly.")
+	}
+	if ok {
+		return nil
+	}
+	if sess.Subject != "" && sess.Subject == p.Subject {
+		if err := s.created(ctx, p, sess.ID); err != nil {
+			s.logError(r, err)
+		}
+		return nil
+	}
+	verb := "read"
+	if relation == relWriter {
+		verb = "change"
+	}
+	return agate.Errorf(agate.EForbidden, "You may not %s this session.", verb)
+}
+
+// decide asks the policy about action; a refusal is agate.EPolicyDenied with its reason.
+func (s *Server) decide(r *http.Request, action string, resource, context map[string]any) error {
+	if s.policy == nil {
+		return nil
+	}
+	p := principal(r)
+	if context == nil {
+		context = map[string]any{}
+	}
+	if s.tenants != nil {
+		t := s.tenants(p.Tenant)
+		context["routing"] = map[string]any{"allow": nonNil(t.Allow), "deny": nonNil(t.Deny)}
+	}
+	d, err := s.policy.Decide(r.Context(), agate.PolicyInput{
+		Principal: p, Tenant: p.Tenant, Action: action, Resource: resource, Context: context, Usage: map[string]any{},
+	})
+	if err != nil {
+		if agate.ErrorCode(err) == agate.EUnavailable {
+			return err
+		}
+		return agate.Wrap(agate.EUnavailable, err, "The policy cannot be evaluated right now; retry shortly.")
+	}
+	if !d.Allow {
+		reason := d.Reason
+		if reason == "" {
+			reason = "not allowed by policy"
+		}
+		return agate.Errorf(agate.EPolicyDenied, "%s refused: %s.", action, reason)
+	}
+	return nil
+}
+
+func nonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
+}
+
+// admitMessage checks that the caller may send in: the policy allows conversation.send,
+// and the caller may write to in's session if it exists. It reports whether the message
+// creates a session (whose relationships are to be recorded once it is accepted).
+func (s *Server) admitMessage(r *http.Request, in agate.Inbound) (creates bool, err error) {
+	creates = in.SessionID == uuid.Nil
+	if !creates && s.authzOn() {
+		sess, err := s.store.Session(r.Context(), in.Tenant, in.SessionID)
+		switch {
+		case err == nil:
+			if err := s.permit(r, sess, relWriter); err != nil {
+				return false, err
+			}
+		case agate.ErrorCode(err) == agate.ESessionNotFound:
+			creates = true // the client names a new session (another tenant's is refused by the store)
+		default:
+			return false, err
+		}
+	}
+	resource := map[string]any{"type": "session"}
+	if in.SessionID != uuid.Nil {
+		resource["id"] = in.SessionID.String()
+	}
+	return creates, s.decide(r, "conversation.send", resource, map[string]any{"persona": in.PersonaID})
+}
+
+// accepted records the relationships of a session the message created. The message is
+// stored already, so a failure is logged, not answered: the creator still owns the session
+// (permit falls back on its subject and writes them then).
+func (s *Server) accepted(r *http.Request, creates bool, acc agate.Accepted) {
+	if !creates || !s.authzOn() {
+		return
+	}
+	if err := s.created(r.Context(), principal(r), acc.Turn.SessionID); err != nil {
+		s.logError(r, err)
+	}
+}
+
+// handleShareSession makes {subject} of the caller's tenant a viewer of the session (PUT)
+// or takes that back (DELETE); the caller must be able to change the session.
+func (s *Server) handleShareSession(grant bool) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		sess, err := s.session(r, relWriter)
+		if err != nil {
+			s.fail(w, r, err)
+			return
+		}
+		subject := r.PathValue("subject")
+		if subject == "" || len(subject) > 256 || !printableASCII(subject) {
+			s.fail(w, r, agate.Errorf(agate.EInvalid, "The subject must be 1 to 256 printable ASCII characters."))
+			return
+		}
+		if !s.authzOn() {
+			s.fail(w, r, agate.Errorf(agate.EForbidden, "Sessions cannot be shared: authorization is not configured."))
+			return
+		}
+		viewer := agate.Principal{Tenant: principal(r).Tenant, Subject: subject}
+		t := agate.Tuple{User: userRef(viewer), Relation: relViewer, Object: sessionRef(sess.ID)}
+		if grant {
+			err = s.authz.Write(r.Context(), t)
+		} else {
+			err = s.authz.Delete(r.Context(), t)
+		}
+		if err != nil {
+			s.fail(w, r, agate.Wrap(agate.EUnavailable, err, "Authorization cannot be changed right now; retry shortly."))
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	})
+}
+
+// reserve reserves the most tokens req may use on the caller's budget (Deps.Budget);
+// settle is to be called once with the tokens used.
+func (s *Server) reserve(r *http.Request, req agate.ModelRequest) (settle func(used int64), err error) {
+	if s.budget == nil {
+		return func(int64) {}, nil
+	}
+	n := int64(req.MaxTokens)
+	if n <= 0 {
+		n = defaultReplyTokens
+	}
+	for _, m := range req.Messages {
+		n += int64(prompt.Tokens(m.Content))
+	}
+	p := principal(r)
+	return s.budget(r.Context(), p.Tenant, "", n)
+}
+
+// defaultReplyTokens is reserved for the reply of a request that sets no max_tokens.
+const defaultReplyTokens = 4096
+
+// tokensUsed is what a chat completion used: the provider's count, else an estimate.
+func tokensUsed(req agate.ModelRequest, reply agate.Reply) int64 {
+	if reply.Usage.TotalTokens > 0 {
+		return int64(reply.Usage.TotalTokens)
+	}
+	if reply.Text == "" && len(reply.ToolCalls) == 0 {
+		return 0
+	}
+	n := prompt.Tokens(reply.Text)
+	for _, m := range req.Messages {
+		n += prompt.Tokens(m.Content)
+	}
+	return int64(n)
+}
