@@ -366,6 +366,12 @@ func credentials(r *http.Request) (credential, error) {
 		if c.Value == "" { // a cleared cookie (after logging out) is no credential
 			continue
 		}
+		if crossSite(r) {
+			// A browser sends cookies with requests other sites make it send: a cookie
+			// counts on a request that changes something only when it comes from a page
+			// of this origin.
+			return credential{}, unauthenticated("the jwt cookie is not accepted on a cross-site %s request", r.Method)
+		}
 		if err := add(c.Value, "jwt cookie", false); err != nil {
 			return credential{}, err
 		}
@@ -416,4 +422,22 @@ func credentials(r *http.Request) (credential, error) {
 		}
 	}
 	return found[0], nil
+}
+
+// crossSite reports whether r changes state (not GET, HEAD or OPTIONS) and a browser says
+// it comes from a page of another origin (Sec-Fetch-Site, else Origin).
+func crossSite(r *http.Request) bool {
+	switch r.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions:
+		return false
+	}
+	if site := r.Header.Get("Sec-Fetch-Site"); site != "" {
+		return site != "same-origin" && site != "none"
+	}
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		return false // not a browser's cross-site request: browsers send Origin on those
+	}
+	u, err := url.Parse(origin)
+	return err != nil || u.Host != r.Host
 }

@@ -196,3 +196,38 @@ func TestForeignBearerTokenIsAnonymousWhenAuthIsOff(t *testing.T) {
 		t.Fatalf("with auth required: %v, want %s", err, agate.EUnauthenticated)
 	}
 }
+
+// TestJWTCookieIsRefusedOnCrossSiteWrites: a page of another site can make a browser send
+// the cookie; on a request that changes state it counts only from this origin.
+func TestJWTCookieIsRefusedOnCrossSiteWrites(t *testing.T) {
+	secret := strings.Repeat("k", 32)
+	a, err := authn.New(authn.Config{RequireAuth: true, JWTSecret: secret}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok := sign(t, jwa.HS256(), []byte(secret), "", with("exp", time.Now().Add(time.Hour), "iat", time.Now().Add(-time.Minute), "iss", nil, "aud", nil))
+	for _, c := range []struct {
+		method, origin, fetchSite string
+		ok                        bool
+	}{
+		{"GET", "https://evil.example", "cross-site", true}, // reads: the page cannot see the answer
+		{"POST", "", "", true},                              // not a browser
+		{"POST", "http://gw.example", "", true},             // same origin
+		{"POST", "https://evil.example", "", false},
+		{"POST", "", "cross-site", false},
+		{"DELETE", "http://gw.example", "same-origin", true},
+	} {
+		r := httptest.NewRequest(c.method, "http://gw.example/v1/session/message", nil)
+		r.AddCookie(&http.Cookie{Name: "jwt", Value: tok})
+		if c.origin != "" {
+			r.Header.Set("Origin", c.origin)
+		}
+		if c.fetchSite != "" {
+			r.Header.Set("Sec-Fetch-Site", c.fetchSite)
+		}
+		_, err := a.Authenticate(r)
+		if got := err == nil; got != c.ok {
+			t.Errorf("%s with Origin %q, Sec-Fetch-Site %q: err %v, want ok=%v", c.method, c.origin, c.fetchSite, err, c.ok)
+		}
+	}
+}
