@@ -32,8 +32,13 @@ const (
 	ViaAPIKey    = "api_key"
 )
 
-// ScopeAdmin is the scope of a tenant's operators: API keys, settings, operations routes.
+// ScopeAdmin is the scope of a tenant's administrators: its API keys, its settings, all
+// its sessions.
 const ScopeAdmin = "admin"
+
+// ScopeOperator is the scope of the gateway's operators: routes that show every tenant's
+// state (dead letters, circuit breakers).
+const ScopeOperator = "operator"
 
 // HasScope reports whether p has scope.
 func (p Principal) HasScope(scope string) bool {

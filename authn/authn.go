@@ -369,8 +369,8 @@ func credentials(r *http.Request) (credential, error) {
 		if crossSite(r) {
 			// A browser sends cookies with requests other sites make it send: a cookie
 			// counts on a request that changes something only when it comes from a page
-			// of this origin.
-			return credential{}, unauthenticated("the jwt cookie is not accepted on a cross-site %s request", r.Method)
+			// of this origin; otherwise it is ignored (a header may carry a credential).
+			continue
 		}
 		if err := add(c.Value, "jwt cookie", false); err != nil {
 			return credential{}, err

@@ -185,6 +185,10 @@ func (a *Authenticator) verifyJWT(ctx context.Context, token string) (agate.Prin
 	if err != nil {
 		return agate.Principal{}, agate.Wrap(agate.EUnauthenticated, err, reason(err))
 	}
+	if _, ok := tok.Expiration(); !ok {
+		// A token that never expires cannot be taken back: refused.
+		return agate.Principal{}, unauthenticated("token without exp (expiry) is not accepted")
+	}
 	return a.principal(tok)
 }
 

@@ -1,9 +1,13 @@
 package httpapi
 
 import (
+	"cmp"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"net/http"
 	"net/url"
+	"strings"
 
 	"github.com/agate-gw/agate"
 	"github.com/agate-gw/agate/prompt"
@@ -20,6 +24,8 @@ type Authorizer interface {
 	Write(ctx context.Context, tuples ...agate.Tuple) error
 	// Delete removes tuples; removing one that does not exist is not an error.
 	Delete(ctx context.Context, tuples ...agate.Tuple) error
+	// Forget removes every tuple of object.
+	Forget(ctx context.Context, object string) error
 }
 
 // Policy decides whether an action is allowed (opa). Any error is a refusal; its code
@@ -43,9 +49,18 @@ const (
 // Object references of the authorization model. Ids are escaped (":", "#", "/" and
 // spaces included) so that neither a tenant nor a subject can forge another's reference.
 func userRef(p agate.Principal) string {
-	return "user:" + url.QueryEscape(p.Tenant) + "/" + url.QueryEscape(p.Subject)
+	return "user:" + bounded(url.QueryEscape(p.Tenant)+"/"+url.QueryEscape(p.Subject))
 }
-func tenantRef(tenant string) string            { return "tenant:" + url.QueryEscape(tenant) }
+
+// bounded keeps an id within OpenFGA's limits: a long one is replaced by its SHA-256.
+func bounded(id string) string {
+	if len(id) <= 200 {
+		return id
+	}
+	sum := sha256.Sum256([]byte(id))
+	return "sha256-" + hex.EncodeToString(sum[:])
+}
+func tenantRef(tenant string) string            { return "tenant:" + bounded(url.QueryEscape(tenant)) }
 func sessionRef(id uuid.UUID) string            { return "session:" + id.String() }
 func (s *Server) authzOn() bool                 { return s.authz != nil }
 func principal(r *http.Request) agate.Principal { p, _ := agate.PrincipalFrom(r.Context()); return p }
@@ -119,8 +134,8 @@ func (s *Server) decide(r *http.Request, action string, resource, context map[st
 		Principal: p, Tenant: p.Tenant, Action: action, Resource: resource, Context: context, Usage: map[string]any{},
 	})
 	if err != nil {
-		if agate.ErrorCode(err) == agate.EUnavailable {
-			return err
+		if code := agate.ErrorCode(err); code == agate.EUnavailable || code == agate.EInternal {
+			return err // unreachable: 503; a policy that fails to evaluate is a bug: 500
 		}
 		return agate.Wrap(agate.EUnavailable, err, "The policy cannot be evaluated right now; retry shortly.")
 	}
@@ -167,15 +182,32 @@ func (s *Server) admitMessage(r *http.Request, in agate.Inbound) (creates bool, 
 }
 
 // accepted records the relationships of a session the message created. The message is
-// stored already, so a failure is logged, not answered: the creator still owns the session
-// (permit falls back on its subject and writes them then).
-func (s *Server) accepted(r *http.Request, creates bool, acc agate.Accepted) {
-	if !creates || !s.authzOn() {
-		return
+// stored already, so a failure to record them is logged, not answered: the creator still
+// owns the session (permit falls back on its subject and writes them then). A retry with
+// an idempotency key the tenant used before gets the first outcome only if the caller may
+// write to that session: idempotency keys are the tenant's, ownership is not.
+func (s *Server) accepted(r *http.Request, creates bool, acc agate.Accepted) error {
+	if !s.authzOn() {
+		return nil
+	}
+	if acc.Duplicate {
+		sess, err := s.store.Session(r.Context(), principal(r).Tenant, acc.Turn.SessionID)
+		if err != nil {
+			return err
+		}
+		return s.permit(r, sess, relWriter)
+	}
+	if !creates {
+		return nil
+	}
+	// An id the client chose may have been a deleted session's: start from no relationships.
+	if err := s.authz.Forget(r.Context(), sessionRef(acc.Turn.SessionID)); err != nil {
+		s.logError(r, err)
 	}
 	if err := s.created(r.Context(), principal(r), acc.Turn.SessionID); err != nil {
 		s.logError(r, err)
 	}
+	return nil
 }
 
 // handleShareSession makes {subject} of the caller's tenant a viewer of the session (PUT)
@@ -211,9 +243,10 @@ func (s *Server) handleShareSession(grant bool) http.Handler {
 	})
 }
 
-// reserve reserves the most tokens req may use on the caller's budget (Deps.Budget);
+// reserve reserves the most tokens req may use on the caller's budget (Deps.Budget),
+// bounding the reply (MaxTokens) when the caller is on a budget and req sets none;
 // settle is to be called once with the tokens used.
-func (s *Server) reserve(r *http.Request, req agate.ModelRequest) (settle func(used int64), err error) {
+func (s *Server) reserve(r *http.Request, req *agate.ModelRequest) (settle func(used int64), err error) {
 	if s.budget == nil {
 		return func(int64) {}, nil
 	}
@@ -223,9 +256,22 @@ func (s *Server) reserve(r *http.Request, req agate.ModelRequest) (settle func(u
 	}
 	for _, m := range req.Messages {
 		n += int64(prompt.Tokens(m.Content))
+		for _, c := range m.ToolCalls {
+			n += int64(prompt.Tokens(c.Arguments))
+		}
+	}
+	for _, t := range req.Tools {
+		n += int64(prompt.Tokens(t.Description) + prompt.Tokens(string(t.Parameters)))
 	}
 	p := principal(r)
-	return s.budget(r.Context(), p.Tenant, "", n)
+	settle, limited, err := s.budget(r.Context(), p.Tenant, "", n)
+	if err != nil {
+		return nil, err
+	}
+	if limited && req.MaxTokens <= 0 {
+		req.MaxTokens = defaultReplyTokens
+	}
+	return settle, nil
 }
 
 // defaultReplyTokens is reserved for the reply of a request that sets no max_tokens.
@@ -244,4 +290,19 @@ func tokensUsed(req agate.ModelRequest, reply agate.Reply) int64 {
 		n += prompt.Tokens(m.Content)
 	}
 	return int64(n)
+}
+
+// decideModel asks the policy's model.use about every provider/model target a request for
+// model would reach (an alias's whole fallback chain), not about the name the client sent.
+func (s *Server) decideModel(r *http.Request, model string) error {
+	targets := []string{cmp.Or(strings.TrimSpace(model), "default")}
+	if m, ok := s.model.(interface{ Targets(string) []string }); ok {
+		targets = m.Targets(model)
+	}
+	for _, t := range targets {
+		if err := s.decide(r, "model.use", map[string]any{"type": "model", "name": t}, map[string]any{"model": t}); err != nil {
+			return err
+		}
+	}
+	return nil
 }

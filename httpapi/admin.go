@@ -23,9 +23,19 @@ func requireScope(r *http.Request, scope string) error {
 	return nil
 }
 
-// admin admits an operations route: the admin scope, then the policy's admin.<name>.
+// admin admits a route of the tenant's administrators: the admin scope, then the
+// policy's admin.<name>.
 func (s *Server) admin(r *http.Request, name string) error {
 	if err := requireScope(r, scopeAdmin); err != nil {
+		return err
+	}
+	return s.decide(r, "admin."+name, map[string]any{"type": "route", "name": name}, nil)
+}
+
+// operator admits a route that shows every tenant's state: the operator scope (a tenant's
+// admin scope is not enough), then the policy's admin.<name>.
+func (s *Server) operator(r *http.Request, name string) error {
+	if err := requireScope(r, agate.ScopeOperator); err != nil {
 		return err
 	}
 	return s.decide(r, "admin."+name, map[string]any{"type": "route", "name": name}, nil)
@@ -39,7 +49,7 @@ type breakerLister interface {
 // handleBreakers shows every circuit breaker's state (admin scope).
 func (s *Server) handleBreakers() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if err := s.admin(r, "breakers"); err != nil {
+		if err := s.operator(r, "breakers"); err != nil {
 			s.fail(w, r, err)
 			return
 		}
@@ -97,7 +107,7 @@ func validTopic(t string) bool {
 // handleDeadLetters lists the stored dead letters, oldest first, paged by id (admin scope).
 func (s *Server) handleDeadLetters() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if err := s.admin(r, "dlq"); err != nil {
+		if err := s.operator(r, "dlq"); err != nil {
 			s.fail(w, r, err)
 			return
 		}

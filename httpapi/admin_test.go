@@ -135,7 +135,7 @@ func addDeadLetters(t *testing.T, store *sqlite.Store, ds ...agate.DeadLetter) [
 }
 
 func TestAdminListsDeadLettersWithTextWhenTheBytesAreUTF8(t *testing.T) {
-	store, s := newAdminRig(t, scopeAdmin)
+	store, s := newAdminRig(t, agate.ScopeOperator)
 	poison := []byte{0xff, 0xfe, '{', 0x00, 0x80}
 	want := addDeadLetters(t, store,
 		agate.DeadLetter{Topic: "prod.conversation.inbound", Partition: 2, Offset: 41, Key: []byte("6f1c0a"),
@@ -162,7 +162,7 @@ func TestAdminListsDeadLettersWithTextWhenTheBytesAreUTF8(t *testing.T) {
 }
 
 func TestAdminFiltersDeadLettersByTopic(t *testing.T) {
-	store, s := newAdminRig(t, scopeAdmin)
+	store, s := newAdminRig(t, agate.ScopeOperator)
 	all := addDeadLetters(t, store,
 		agate.DeadLetter{Topic: "conversation.inbound", Offset: 1, Payload: []byte("a")},
 		agate.DeadLetter{Topic: "conversation.outbound", Offset: 1, Payload: []byte("b")},
@@ -188,7 +188,7 @@ func TestAdminFiltersDeadLettersByTopic(t *testing.T) {
 }
 
 func TestAdminPagesThroughDeadLetters(t *testing.T) {
-	store, s := newAdminRig(t, scopeAdmin)
+	store, s := newAdminRig(t, agate.ScopeOperator)
 	for i := range 5 {
 		topic := "conversation.inbound"
 		if i == 1 {
@@ -227,17 +227,21 @@ func TestAdminPagesThroughDeadLetters(t *testing.T) {
 	}
 }
 
-func TestDeadLettersNeedTheAdminScope(t *testing.T) {
-	store, s := newAdminRig(t, "chat")
-	addDeadLetters(t, store, agate.DeadLetter{Topic: "conversation.inbound", Payload: []byte("secret")})
-	code, body := get(t, s, "/v1/admin/dlq")
-	if code != http.StatusForbidden || !strings.Contains(string(body), `"code":"forbidden"`) || strings.Contains(string(body), "secret") {
-		t.Errorf("without the admin scope: %d %s, want 403 forbidden", code, body)
+// TestDeadLettersNeedTheOperatorScope: dead letters hold every tenant's records, so a
+// tenant's admin scope is not enough.
+func TestDeadLettersNeedTheOperatorScope(t *testing.T) {
+	for _, scope := range []string{"chat", agate.ScopeAdmin} {
+		store, s := newAdminRig(t, scope)
+		addDeadLetters(t, store, agate.DeadLetter{Topic: "conversation.inbound", Payload: []byte("secret")})
+		code, body := get(t, s, "/v1/admin/dlq")
+		if code != http.StatusForbidden || !strings.Contains(string(body), `"code":"forbidden"`) || strings.Contains(string(body), "secret") {
+			t.Errorf("with scope %q: %d %s, want 403 forbidden", scope, code, body)
+		}
 	}
 }
 
 func TestDeadLettersRefuseBadQueryParameters(t *testing.T) {
-	_, s := newAdminRig(t, scopeAdmin)
+	_, s := newAdminRig(t, agate.ScopeOperator)
 	for _, tc := range []struct {
 		query string
 		code  agate.Code
@@ -261,7 +265,7 @@ func TestDeadLettersRefuseBadQueryParameters(t *testing.T) {
 }
 
 func TestDeadLettersAre503WhenTheStoreIsDown(t *testing.T) {
-	store, s := newAdminRig(t, scopeAdmin)
+	store, s := newAdminRig(t, agate.ScopeOperator)
 	store.Close()
 	code, body := get(t, s, "/v1/admin/dlq")
 	var e errorBody

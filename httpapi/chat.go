@@ -320,9 +320,7 @@ func (s *Server) handleChatCompletions() http.Handler {
 			s.failChat(w, r, err)
 			return
 		}
-		model := cmp.Or(req.Model, "default") // omitted: the default alias
-		if err := s.decide(r, "model.use", map[string]any{"type": "model", "name": model},
-			map[string]any{"model": model}); err != nil {
+		if err := s.decideModel(r, req.Model); err != nil {
 			s.failChat(w, r, err)
 			return
 		}
@@ -331,7 +329,7 @@ func (s *Server) handleChatCompletions() http.Handler {
 			s.failChat(w, r, err)
 			return
 		}
-		settle, err := s.reserve(r, req)
+		settle, err := s.reserve(r, &req)
 		if err != nil {
 			s.failChat(w, r, err) // budget_exceeded: 429 with the time until the budget resets
 			return
@@ -344,8 +342,10 @@ func (s *Server) handleChatCompletions() http.Handler {
 			return
 		}
 		defer s.release()
-		reply, err := c.generate(req)
-		settle(tokensUsed(req, reply))
+		reply, err := func() (reply agate.Reply, err error) {
+			defer func() { settle(tokensUsed(req, reply)) }() // also when the call panics
+			return c.generate(req)
+		}()
 		switch {
 		case err == nil:
 		case !c.started:

@@ -116,7 +116,10 @@ func (s *Server) handleSendMessage() http.Handler {
 			s.fail(w, r, err)
 			return
 		}
-		s.accepted(r, creates, acc)
+		if err := s.accepted(r, creates, acc); err != nil {
+			s.fail(w, r, err)
+			return
+		}
 		if acc.Duplicate {
 			w.Header().Set("Idempotent-Replayed", "true")
 		}

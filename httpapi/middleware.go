@@ -168,25 +168,30 @@ func (s *Server) authenticate(h http.Handler, fail func(http.ResponseWriter, *ht
 // time until one more would be allowed.
 func (s *Server) meter(h http.Handler, fail func(http.ResponseWriter, *http.Request, error)) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		p := principal(r)
-		tenant := s.cfg.TenantLimit
-		if s.tenants != nil {
-			if rpm := s.tenants(p.Tenant).RequestsPerMinute; rpm > 0 {
-				tenant = inmem.Limit{Rate: rpm, Per: time.Minute}
-			}
-		}
-		if err := s.allow(r, "tenant:"+p.Tenant, tenant, fmt.Sprintf("Tenant %q", p.Tenant)); err != nil {
+		if err := s.rateCheck(r, principal(r)); err != nil {
 			fail(w, r, err)
 			return
 		}
-		if p.Via == agate.ViaAPIKey {
-			if err := s.allow(r, "key:"+p.KeyID, s.cfg.KeyLimit, fmt.Sprintf("API key %s", p.KeyID)); err != nil {
-				fail(w, r, err)
-				return
-			}
-		}
 		h.ServeHTTP(w, r)
 	})
+}
+
+// rateCheck takes one request of p's allowances: its tenant's and, for an API key, the
+// key's. WebSocket message frames are metered with it too.
+func (s *Server) rateCheck(r *http.Request, p agate.Principal) error {
+	tenant := s.cfg.TenantLimit
+	if s.tenants != nil {
+		if rpm := s.tenants(p.Tenant).RequestsPerMinute; rpm > 0 {
+			tenant = inmem.Limit{Rate: rpm, Per: time.Minute}
+		}
+	}
+	if err := s.allow(r, "tenant:"+p.Tenant, tenant, fmt.Sprintf("Tenant %q", p.Tenant)); err != nil {
+		return err
+	}
+	if p.Via == agate.ViaAPIKey {
+		return s.allow(r, "key:"+p.KeyID, s.cfg.KeyLimit, fmt.Sprintf("API key %s", p.KeyID))
+	}
+	return nil
 }
 
 // allow takes one request from key's allowance under lim (zero: unlimited).

@@ -120,9 +120,10 @@ type Deps struct {
 	// Tenants gives a tenant's settings; nil: Config's for every tenant.
 	Tenants func(tenant string) TenantSettings
 	// Budget reserves tokens for a synchronous model call (tenant.Budgets): an error with
-	// agate.EBudgetExceeded refuses it; settle is called once with the tokens used. nil:
-	// no budgets.
-	Budget func(ctx context.Context, tenant, persona string, n int64) (settle func(used int64), err error)
+	// agate.EBudgetExceeded refuses it; settle is called once with the tokens used;
+	// limited says the caller is on a budget (its reply must then be bounded). nil: no
+	// budgets.
+	Budget func(ctx context.Context, tenant, persona string, n int64) (settle func(used int64), limited bool, err error)
 	// NewKey makes an API key and its token (authn.NewAPIKey); nil: /v1/keys refuses.
 	NewKey func(tenant, label string, scopes []string, createdBy string, now time.Time) (string, agate.APIKey, error)
 }
@@ -140,7 +141,7 @@ type Server struct {
 	policy     Policy
 	tenants    func(tenant string) TenantSettings
 	newKey     func(tenant, label string, scopes []string, createdBy string, now time.Time) (string, agate.APIKey, error)
-	budget     func(ctx context.Context, tenant, persona string, n int64) (func(used int64), error)
+	budget     func(ctx context.Context, tenant, persona string, n int64) (func(used int64), bool, error)
 	log        *slog.Logger
 	metrics    *metrics.HTTP
 	gatherer   prometheus.Gatherer

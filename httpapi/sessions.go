@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"context"
 	"math"
 	"net/http"
 	"strconv"
@@ -175,6 +176,13 @@ func (s *Server) handleDeleteSession() http.Handler {
 		}
 		s.runner.Forget(id)
 		s.hub.Drop(id) // open streams end; WebSockets close with 4004
+		if s.authzOn() {
+			// Its owner, tenant and viewers go with it: should the id be used again, they
+			// must not reach the new session.
+			if err := s.authz.Forget(context.WithoutCancel(r.Context()), sessionRef(id)); err != nil {
+				s.logError(r, err)
+			}
+		}
 		w.WriteHeader(http.StatusNoContent)
 	})
 }

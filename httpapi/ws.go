@@ -278,7 +278,20 @@ func (ws *wsConn) message(r *http.Request, b messageBody) error {
 		return ws.write(serverFrame{Type: "error", Code: agate.EInvalidSessionID, Detail: "session_id must be this stream's session or be left out."})
 	}
 	b.SessionID = ws.session.String()
-	p, _ := agate.PrincipalFrom(r.Context())
+	// Each message is admitted like a request: the credential again (a key revoked or a
+	// token expired since the handshake ends the connection), and the rate limits.
+	p, err := ws.auth.Authenticate(r)
+	switch agate.ErrorCode(err) {
+	case "":
+	case agate.EUnauthenticated:
+		return closeError{closeUnauthenticated, truncate(agate.ErrorMessage(err), 120)}
+	default:
+		return ws.write(serverFrame{Type: "error", Code: agate.ErrorCode(err), Detail: agate.ErrorMessage(err)})
+	}
+	r = r.WithContext(agate.NewContext(r.Context(), p))
+	if err := ws.rateCheck(r, p); err != nil {
+		return ws.write(serverFrame{Type: "error", Code: agate.ErrorCode(err), Detail: agate.ErrorMessage(err)})
+	}
 	in, err := ws.inbound(p, b)
 	if err == nil {
 		if err = ws.permit(r, ws.sess, relWriter); err == nil {

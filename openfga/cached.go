@@ -24,6 +24,8 @@ type Authorizer interface {
 	Write(ctx context.Context, tuples ...agate.Tuple) error
 	// Delete removes tuples; one that does not exist is not an error.
 	Delete(ctx context.Context, tuples ...agate.Tuple) error
+	// Forget deletes every tuple of object.
+	Forget(ctx context.Context, object string) error
 }
 
 // maxRemembered bounds the allow decisions a Cached remembers.
@@ -150,6 +152,15 @@ func (c *Cached) Delete(ctx context.Context, tuples ...agate.Tuple) error {
 }
 
 // Close closes the wrapped Authorizer if it has a Close method.
+// Forget deletes every tuple of object and forgets every remembered allow.
+func (c *Cached) Forget(ctx context.Context, object string) error {
+	err := c.a.Forget(ctx, object)
+	c.mu.Lock()
+	clear(c.allows)
+	c.mu.Unlock()
+	return err
+}
+
 // Ping tells whether the authorizer answers, by asking it about a tuple whose answer does
 // not matter; it is not counted as a decision.
 func (c *Cached) Ping(ctx context.Context) error {

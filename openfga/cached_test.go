@@ -23,6 +23,17 @@ type fakeAuthz struct {
 
 func newFake() *fakeAuthz { return &fakeAuthz{allow: map[agate.Tuple]bool{}} }
 
+func (f *fakeAuthz) Forget(_ context.Context, object string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for t := range f.allow {
+		if t.Object == object {
+			delete(f.allow, t)
+		}
+	}
+	return f.err
+}
+
 func (f *fakeAuthz) Check(_ context.Context, t agate.Tuple, _ ...agate.Tuple) (bool, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -241,3 +241,35 @@ func (c *epochCache) Set(key keys.Key, value any, ttl time.Duration) {
 
 // invalidate makes every entry stored so far invalid; the LRU evicts them in time.
 func (c *epochCache) invalidate() { c.epoch.Add(1) }
+
+// Forget deletes every tuple whose object is object (a deleted session's owner, tenant and
+// viewers), so that an id used again starts with no relationships.
+func (e *Engine) Forget(ctx context.Context, object string) error {
+	var tuples []agate.Tuple
+	token := ""
+	for {
+		e.mu.RLock()
+		closed := e.closed
+		var res *openfgav1.ReadResponse
+		var err error
+		if !closed {
+			res, err = e.srv.Read(ctx, &openfgav1.ReadRequest{StoreId: e.store,
+				TupleKey: &openfgav1.ReadRequestTupleKey{Object: object}, ContinuationToken: token})
+		}
+		e.mu.RUnlock()
+		if closed {
+			return agate.Errorf(agate.EUnavailable, "authorization service unavailable")
+		}
+		if err != nil {
+			return serverError(fmt.Errorf("openfga read %s: %w", object, err))
+		}
+		for _, t := range res.GetTuples() {
+			k := t.GetKey()
+			tuples = append(tuples, agate.Tuple{User: k.GetUser(), Relation: k.GetRelation(), Object: k.GetObject()})
+		}
+		if token = res.GetContinuationToken(); token == "" {
+			break
+		}
+	}
+	return e.Delete(ctx, tuples...)
+}

@@ -201,6 +201,23 @@ func testAuthorizer(t *testing.T, a openfga.Authorizer) {
 		}
 	})
 
+	t.Run("forget removes every relationship of an object", func(t *testing.T) {
+		write(t, tp("tenant:acme", "tenant", "session:s7"), tp("user:bob", "owner", "session:s7"), tp("user:vic", "viewer", "session:s7"))
+		f, ok := a.(interface {
+			Forget(context.Context, string) error
+		})
+		if !ok {
+			t.Skip("no Forget")
+		}
+		if err := f.Forget(ctx, "session:s7"); err != nil {
+			t.Fatal(err)
+		}
+		expect(t, false, "user:bob", "writer", "session:s7")
+		expect(t, false, "user:vic", "viewer", "session:s7")
+		expect(t, false, "user:ann", "viewer", "session:s7") // the tenant link went too
+		expect(t, true, "user:bob", "writer", "session:s1")  // others stay
+	})
+
 	t.Run("a session shared with every member of its tenant", func(t *testing.T) {
 		write(t,
 			tp("tenant:acme", "tenant", "session:s2"),

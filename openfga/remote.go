@@ -240,3 +240,30 @@ func sdkError(err error) error {
 	}
 	return agate.Wrap(agate.EUnavailable, err, "authorization service unavailable")
 }
+
+// Forget deletes every tuple whose object is object (a deleted session's owner, tenant and
+// viewers), so that an id used again starts with no relationships.
+func (r *Remote) Forget(ctx context.Context, object string) error {
+	var tuples []agate.Tuple
+	token := ""
+	for {
+		opts := client.ClientReadOptions{}
+		if token != "" {
+			opts.ContinuationToken = &token
+		}
+		cctx, cancel := context.WithTimeout(ctx, r.timeout)
+		res, err := r.fga.Read(cctx).Body(client.ClientReadRequest{Object: &object}).Options(opts).Execute()
+		cancel()
+		if err != nil {
+			return sdkError(fmt.Errorf("openfga read %s: %w", object, err))
+		}
+		for _, t := range res.GetTuples() {
+			k := t.GetKey()
+			tuples = append(tuples, agate.Tuple{User: k.GetUser(), Relation: k.GetRelation(), Object: k.GetObject()})
+		}
+		if token = res.GetContinuationToken(); token == "" {
+			break
+		}
+	}
+	return r.Delete(ctx, tuples...)
+}

@@ -144,6 +144,31 @@ type Model interface {
 	Generate(ctx context.Context, req agate.ModelRequest, emit func(agate.Delta) error) (agate.Reply, error)
 }
 
+// Tool outcomes, in tool.result events' metadata.status.
+const (
+	ToolOK      = "ok"      // the tool ran and answered
+	ToolError   = "error"   // invalid arguments, unknown tool, the tool failed or timed out
+	ToolBlocked = "blocked" // authorization (OpenFGA can_use) or policy (OPA tool.execute) refused it
+)
+
+// ToolOutcome is what one tool call gave: Text goes back to the model as the tool's
+// answer (a refusal or an error included, so that it can correct itself or go on).
+type ToolOutcome struct {
+	Status    string // ToolOK, ToolError or ToolBlocked
+	Text      string
+	Truncated bool // Text was cut to the result size limit
+}
+
+// Tools runs the tools a model may call: the catalogue (tool.Registry) behind
+// authorization and policy.
+type Tools interface {
+	// Offer returns the tools offered to the model in t's turns.
+	Offer(ctx context.Context, t agate.Turn) []agate.Tool
+	// Call validates and runs one call for t. It does not fail: every outcome, a refusal
+	// or a timeout included, is a ToolOutcome.
+	Call(ctx context.Context, t agate.Turn, call agate.ToolCall) ToolOutcome
+}
+
 // Publisher fans events out to the session's live subscribers. Publish must not block on
 // slow subscribers.
 type Publisher interface {

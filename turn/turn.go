@@ -33,11 +33,18 @@ type Config struct {
 	SystemPrompt  string        // the tenants' default system prompt
 	// SystemPromptFor, when set, gives a tenant's system prompt ("": SystemPrompt).
 	SystemPromptFor func(tenant string) string
+	// Tools, when set, are offered to the model, and the calls it makes run through it:
+	// the results go back to the model, at most MaxToolRounds times (default 8; then it
+	// is asked to answer without tools), at most ToolParallel calls at once (default 4).
+	Tools         Tools
+	MaxToolRounds int
+	ToolParallel  int
 	// Admit, when set, is asked before each model call with the request about to be
 	// made. An error refuses the call: the turn ends with its code (agate.EPolicyDenied,
 	// agate.EBudgetExceeded, …) and message. Otherwise settle is called exactly once,
 	// with the tokens the call used (0 when it failed before any were reported).
-	Admit func(ctx context.Context, t agate.Turn, req agate.ModelRequest) (settle func(used int64), err error)
+	// Admit may bound the request (its MaxTokens) so that what it reserves holds.
+	Admit func(ctx context.Context, t agate.Turn, req *agate.ModelRequest) (settle func(used int64), err error)
 	// External: turns arrive through Submit (from the event bus, which also redelivers
 	// unfinished ones) and leave through Withdraw when the bus hands them to another
 	// replica; Send only stores the message and Recover queues nothing.
@@ -62,6 +69,12 @@ func (c *Config) setDefaults() {
 	}
 	if c.ContextTokens <= 0 {
 		c.ContextTokens = 8000
+	}
+	if c.MaxToolRounds <= 0 {
+		c.MaxToolRounds = 8
+	}
+	if c.ToolParallel <= 0 {
+		c.ToolParallel = 4
 	}
 }
 
@@ -541,22 +554,61 @@ func (tr *turnRun) generate(ctx context.Context) (agate.Reply, error) {
 		System: system, History: history, Budget: tr.cfg.ContextTokens,
 		Model: tr.cfg.Model, MaxTokens: tr.cfg.MaxTokens,
 	})
-	settle := func(int64) {}
-	if tr.cfg.Admit != nil {
-		s, err := tr.cfg.Admit(ctx, tr.t, req)
-		if err != nil {
-			return agate.Reply{}, err
-		}
-		var once sync.Once
-		settle = func(used int64) { once.Do(func() { s(used) }) }
+	if tr.cfg.Tools != nil {
+		req.Tools = tr.cfg.Tools.Offer(ctx, tr.t)
 	}
 	if err := tr.persist(ctx, tr.event(agate.TypeThinking, "", map[string]any{"messages": len(req.Messages)})); err != nil {
-		settle(0)
 		return agate.Reply{}, fmt.Errorf("record thinking: %w", err)
 	}
 
+	var total agate.Usage
+	for round := 0; ; round++ {
+		if round == tr.cfg.MaxToolRounds {
+			// Enough tools: the model answers with what it has.
+			req.Tools, req.ToolChoice = nil, ""
+		}
+		reply, err := tr.call(ctx, req)
+		total.PromptTokens += reply.Usage.PromptTokens
+		total.CompletionTokens += reply.Usage.CompletionTokens
+		total.TotalTokens += reply.Usage.TotalTokens
+		if err != nil || len(reply.ToolCalls) == 0 || len(req.Tools) == 0 {
+			if round > 0 {
+				reply.Usage = total
+				reply.Text = tr.text // what every round streamed, as the stream showed it
+			}
+			return reply, err
+		}
+		outcomes, err := tr.useTools(ctx, reply.ToolCalls)
+		if err != nil {
+			return reply, err
+		}
+		req.Messages = append(req.Messages, agate.Message{Role: agate.RoleAssistant, Content: reply.Text, ToolCalls: reply.ToolCalls})
+		for i, c := range reply.ToolCalls {
+			req.Messages = append(req.Messages, agate.Message{Role: "tool", ToolCallID: c.ID, Content: outcomes[i].Text})
+		}
+	}
+}
+
+// call makes one model call: admitted (policy, budget), streamed to the subscribers,
+// settled with what it used.
+func (tr *turnRun) call(ctx context.Context, req agate.ModelRequest) (agate.Reply, error) {
+	settle := func(int64) {}
+	if tr.cfg.Admit != nil {
+		s, err := tr.cfg.Admit(ctx, tr.t, &req)
+		if err != nil {
+			return agate.Reply{}, err
+		}
+		settle = s
+	}
+	settled := false
+	defer func() {
+		if !settled { // the model call panicked: give the reservation back
+			settle(0)
+		}
+	}()
 	mctx, cancel := context.WithTimeout(ctx, tr.cfg.TurnTimeout)
 	defer cancel()
+	before := len(tr.text)
 	reply, err := tr.model.Generate(mctx, req, func(d agate.Delta) error {
 		if d.Text == "" {
 			return nil
@@ -571,10 +623,67 @@ func (tr *turnRun) generate(ctx context.Context) (agate.Reply, error) {
 		err = agate.Wrap(agate.EUpstreamTimeout, err, fmt.Sprintf("The model did not finish within %s; try a shorter request or retry.", tr.cfg.TurnTimeout))
 	}
 	if err == nil && reply.Text == "" {
-		reply.Text = tr.text
+		reply.Text = tr.text[before:]
 	}
-	settle(used(req, reply, tr.text))
+	settled = true
+	settle(used(req, reply, tr.text[before:]))
 	return reply, err
+}
+
+// useTools runs a model's tool calls: a tool.start event for each, the calls at once (at
+// most Config.ToolParallel), then a tool.result event for each, in the model's order. It
+// fails only when the events cannot be stored.
+func (tr *turnRun) useTools(ctx context.Context, calls []agate.ToolCall) ([]ToolOutcome, error) {
+	starts := make([]agate.Event, len(calls))
+	for i, c := range calls {
+		ev := tr.event(agate.TypeToolStart, "", map[string]any{"tool": c.Name, "call_id": c.ID, "arguments": c.Arguments})
+		ev.Role = "tool"
+		starts[i] = ev
+	}
+	if err := tr.persistAll(ctx, starts); err != nil {
+		return nil, fmt.Errorf("record tool calls: %w", err)
+	}
+	outcomes := make([]ToolOutcome, len(calls))
+	sem := make(chan struct{}, tr.cfg.ToolParallel)
+	var wg sync.WaitGroup
+	for i, c := range calls {
+		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			defer func() {
+				if p := recover(); p != nil {
+					tr.log.Error("tool call panicked", "tool", c.Name, "panic", p, "stack", string(debug.Stack()))
+					outcomes[i] = ToolOutcome{Status: ToolError, Text: "The tool failed with an internal error."}
+				}
+			}()
+			outcomes[i] = tr.cfg.Tools.Call(ctx, tr.t, c)
+		})
+	}
+	wg.Wait()
+	results := make([]agate.Event, len(calls))
+	for i, c := range calls {
+		ev := tr.event(agate.TypeToolResult, outcomes[i].Text, map[string]any{
+			"tool": c.Name, "call_id": c.ID, "status": outcomes[i].Status, "truncated": outcomes[i].Truncated})
+		ev.Role = "tool"
+		results[i] = ev
+	}
+	if err := tr.persistAll(ctx, results); err != nil {
+		return nil, fmt.Errorf("record tool results: %w", err)
+	}
+	return outcomes, nil
+}
+
+// persistAll appends evs in one transaction and publishes them.
+func (tr *turnRun) persistAll(ctx context.Context, evs []agate.Event) error {
+	stored, err := tr.store.Append(context.WithoutCancel(ctx), nil, evs...)
+	if err != nil {
+		return err
+	}
+	for _, ev := range stored {
+		tr.pub.Publish(ev)
+	}
+	tr.base = stored[len(stored)-1].Seq
+	return nil
 }
 
 // used returns the tokens a model call used: the provider's count, else an estimate of

@@ -739,7 +739,7 @@ func TestAdmissionRefusesOrSettlesEachModelCall(t *testing.T) {
 	r := newRig(t, model, turn.Config{
 		SystemPrompt:    "default",
 		SystemPromptFor: func(tenant string) string { return "prompt of " + tenant },
-		Admit: func(_ context.Context, tt agate.Turn, req agate.ModelRequest) (func(int64), error) {
+		Admit: func(_ context.Context, tt agate.Turn, req *agate.ModelRequest) (func(int64), error) {
 			mu.Lock()
 			defer mu.Unlock()
 			systems = append(systems, req.Messages[0].Content)
@@ -776,4 +776,112 @@ func TestAdmissionRefusesOrSettlesEachModelCall(t *testing.T) {
 	if len(systems) != 2 || systems[0] != "prompt of t1" {
 		t.Errorf("system prompts %q, want the tenant's", systems)
 	}
+}
+
+// fakeTools answers calls from a table, after an optional wait, and records them.
+type fakeTools struct {
+	mu      sync.Mutex
+	running int
+	most    int // calls at once, at most
+	answers map[string]turn.ToolOutcome
+	calls   []string
+	wait    time.Duration
+}
+
+func (f *fakeTools) Offer(context.Context, agate.Turn) []agate.Tool {
+	return []agate.Tool{{Name: "lookup"}, {Name: "clock"}}
+}
+
+func (f *fakeTools) Call(_ context.Context, _ agate.Turn, c agate.ToolCall) turn.ToolOutcome {
+	f.mu.Lock()
+	f.running++
+	f.most = max(f.most, f.running)
+	f.calls = append(f.calls, c.Name+" "+c.Arguments)
+	f.mu.Unlock()
+	time.Sleep(f.wait)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.running--
+	return f.answers[c.Name]
+}
+
+// TestToolCallsRunAndTheirResultsGoBackToTheModel: a model that calls two tools at once,
+// then answers: the calls run concurrently, tool.start and tool.result events come in the
+// model's order and are stored, the model sees the results in its next request, and the
+// final text is its answer.
+func TestToolCallsRunAndTheirResultsGoBackToTheModel(t *testing.T) {
+	tools := &fakeTools{wait: 50 * time.Millisecond, answers: map[string]turn.ToolOutcome{
+		"lookup": {Status: turn.ToolOK, Text: "Lisbon: 21°C"},
+		"clock":  {Status: turn.ToolBlocked, Text: "The tool clock may not be used."},
+	}}
+	model := llmtest.New(
+		llmtest.Call("c1", "lookup", `{"city":"Lisbon"}`).Call("c2", "clock", `{}`),
+		llmtest.Text("It is ", "21°C."),
+	)
+	r := newRig(t, model, turn.Config{Tools: tools})
+	acc, sub := r.send(t, uuid.Nil, "weather?")
+	evs := untilTerminal(t, sub)
+	var kinds []string
+	for _, ev := range evs {
+		if ev.Type == agate.TypeToolStart || ev.Type == agate.TypeToolResult {
+			kinds = append(kinds, fmt.Sprintf("%s %v %v", ev.Type, ev.Metadata["tool"], ev.Metadata["status"]))
+		}
+	}
+	want := []string{"tool.start lookup <nil>", "tool.start clock <nil>", "tool.result lookup ok", "tool.result clock blocked"}
+	if diff := cmp.Diff(want, kinds); diff != "" {
+		t.Errorf("tool events (-want +got):\n%s", diff)
+	}
+	if final := evs[len(evs)-1]; final.Message != "It is 21°C." || final.Metadata["status"] != agate.StatusOK {
+		t.Errorf("final = %q %v", final.Message, final.Metadata)
+	}
+	if tools.most != 2 {
+		t.Errorf("%d calls ran at once, want 2", tools.most)
+	}
+	reqs := model.Requests()
+	if len(reqs) != 2 || len(reqs[0].Tools) != 2 {
+		t.Fatalf("%d model requests; first offered %d tools", len(reqs), len(reqs[0].Tools))
+	}
+	second := reqs[1].Messages
+	tail := second[len(second)-3:]
+	if tail[0].Role != agate.RoleAssistant || len(tail[0].ToolCalls) != 2 ||
+		tail[1].ToolCallID != "c1" || tail[1].Content != "Lisbon: 21°C" ||
+		tail[2].ToolCallID != "c2" || tail[2].Content != "The tool clock may not be used." {
+		t.Errorf("the model's second request ends with %+v", tail)
+	}
+	stored := allStored(t, r, acc.Turn.SessionID)
+	n := 0
+	for _, ev := range stored {
+		if ev.Type == agate.TypeToolResult {
+			n++
+		}
+	}
+	if n != 2 {
+		t.Errorf("%d tool results stored, want 2", n)
+	}
+}
+
+// TestToolRoundsAreBounded: a model that keeps calling tools is asked, after
+// MaxToolRounds, to answer without them.
+func TestToolRoundsAreBounded(t *testing.T) {
+	tools := &fakeTools{answers: map[string]turn.ToolOutcome{"lookup": {Status: turn.ToolOK, Text: "again"}}}
+	model := llmtest.New(llmtest.Call("c", "lookup", `{}`), llmtest.Call("c", "lookup", `{}`), llmtest.Text("done"))
+	r := newRig(t, model, turn.Config{Tools: tools, MaxToolRounds: 2})
+	_, sub := r.send(t, uuid.Nil, "loop")
+	evs := untilTerminal(t, sub)
+	if final := evs[len(evs)-1]; final.Message != "done" {
+		t.Errorf("final = %q", final.Message)
+	}
+	reqs := model.Requests()
+	if len(reqs) != 3 || len(reqs[2].Tools) != 0 {
+		t.Errorf("%d requests, the last offering %d tools; want 3, the last none", len(reqs), len(reqs[len(reqs)-1].Tools))
+	}
+}
+
+func allStored(t *testing.T, r *rig, session uuid.UUID) []agate.Event {
+	t.Helper()
+	evs, err := r.store.Events(t.Context(), session, 0, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return evs
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/google/uuid"
 	"github.com/lestrrat-go/jwx/v3/jwa"
 	"github.com/lestrrat-go/jwx/v3/jwt"
 )
@@ -238,8 +239,33 @@ func TestAPIKeyLifecycleAcrossReplicas(t *testing.T) {
 		t.Errorf("a key without the admin scope lists keys: %d, want 403", res.status)
 	}
 
+	// A WebSocket opened with the key before it is revoked.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(b.URL, "http")+"/v1/session/"+acc.SessionID+"/stream",
+		&websocket.DialOptions{HTTPHeader: http.Header{"X-Api-Key": {created.Token}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.CloseNow()
+
 	if res := do(t, "DELETE", a.URL+"/v1/keys/"+created.Key.ID, "", admin); res.status != 200 {
 		t.Fatalf("revoke: %d %s", res.status, res.body)
+	}
+	if err := conn.Write(ctx, websocket.MessageText, []byte(`{"type":"message","message":"after revocation"}`)); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		_, data, err := conn.Read(ctx)
+		if err != nil {
+			if got := websocket.CloseStatus(err); got != 4001 {
+				t.Errorf("the open WebSocket after revocation: %v, want close 4001", err)
+			}
+			break
+		}
+		if strings.Contains(string(data), `"ack"`) {
+			t.Fatalf("a message over the WebSocket was accepted after the key was revoked: %s", data)
+		}
 	}
 	res = do(t, "POST", b.URL+"/v1/session/message", `{"message":"after revocation"}`, key)
 	if res.status != 401 || !strings.Contains(string(res.body), `"unauthenticated"`) {
@@ -247,5 +273,62 @@ func TestAPIKeyLifecycleAcrossReplicas(t *testing.T) {
 	}
 	if res := do(t, "DELETE", a.URL+"/v1/keys/"+created.Key.ID, "", token(t, "globex", "gus", "admin")); res.status != 404 {
 		t.Errorf("another tenant's admin revokes the key: %d, want 404", res.status)
+	}
+}
+
+// TestAccessEdgeCases: a replayed idempotency key, a deleted session's id used again, and
+// the routes that show every tenant's state.
+func TestAccessEdgeCases(t *testing.T) {
+	g := start(t, withUpstream(newUpstream(t), map[string]string{"GATEWAY_REQUIRE_AUTH": "true", "GATEWAY_JWT_SECRET": testJWTSecret}))
+	alice, mel, vic := token(t, "acme", "alice"), token(t, "acme", "mel"), token(t, "acme", "vic")
+	with := func(h map[string]string, k, v string) map[string]string {
+		out := map[string]string{k: v}
+		for a, b := range h {
+			out[a] = b
+		}
+		return out
+	}
+
+	// Idempotency keys are the tenant's, sessions are not: mel replaying alice's key does
+	// not get her session.
+	body := `{"message":"private"}`
+	if res := do(t, "POST", g.URL+"/v1/session/message", body, with(alice, "Idempotency-Key", "k-1")); res.status != 200 {
+		t.Fatalf("alice: %d %s", res.status, res.body)
+	}
+	if res := do(t, "POST", g.URL+"/v1/session/message", body, with(mel, "Idempotency-Key", "k-1")); res.status != 403 {
+		t.Errorf("mel replays alice's idempotency key: %d %s, want 403", res.status, res.body)
+	}
+
+	// A deleted session's relationships go with it.
+	id := uuid.NewString()
+	if res := do(t, "POST", g.URL+"/v1/session/message", `{"session_id":"`+id+`","message":"first life"}`, alice); res.status != 200 {
+		t.Fatalf("alice creates %s: %d %s", id, res.status, res.body)
+	}
+	if res := do(t, "PUT", g.URL+"/v1/sessions/"+id+"/viewers/vic", "", alice); res.status != 204 {
+		t.Fatalf("share: %d", res.status)
+	}
+	if res := do(t, "DELETE", g.URL+"/v1/sessions/"+id, "", alice); res.status != 204 {
+		t.Fatalf("delete: %d", res.status)
+	}
+	if res := do(t, "POST", g.URL+"/v1/session/message", `{"session_id":"`+id+`","message":"second life"}`, mel); res.status != 200 {
+		t.Fatalf("mel creates %s again: %d %s", id, res.status, res.body)
+	}
+	for name, h := range map[string]map[string]string{"alice (owner before)": alice, "vic (viewer before)": vic} {
+		if res := do(t, "GET", g.URL+"/v1/sessions/"+id+"/history", "", h); res.status != 403 {
+			t.Errorf("%s reads the new session with the old id: %d, want 403", name, res.status)
+		}
+	}
+	if res := do(t, "GET", g.URL+"/v1/sessions/"+id+"/history", "", mel); res.status != 200 {
+		t.Errorf("mel reads her session: %d", res.status)
+	}
+
+	// Dead letters and breakers show every tenant's state: operators only.
+	for path, want := range map[string]int{"/v1/admin/dlq": 403, "/v1/admin/breakers": 403} {
+		if res := do(t, "GET", g.URL+path, "", token(t, "acme", "ann", "admin")); res.status != want {
+			t.Errorf("a tenant admin GET %s: %d, want %d", path, res.status, want)
+		}
+		if res := do(t, "GET", g.URL+path, "", token(t, "ops", "olga", "operator")); res.status != 200 {
+			t.Errorf("an operator GET %s: %d %s, want 200", path, res.status, res.body)
+		}
 	}
 }

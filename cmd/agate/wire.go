@@ -90,7 +90,7 @@ func wire(ctx context.Context, cfg config, log *slog.Logger) (*gateway, error) {
 	tcfg := turn.Config{
 		Workers: cfg.Workers, MaxQueued: cfg.MaxQueued, TurnTimeout: cfg.TurnTimeout, Grace: cfg.Grace,
 		HistoryLimit: cfg.History, ContextTokens: cfg.Context, MaxTokens: cfg.LLMMaxTokens,
-		SystemPrompt: cfg.SystemPrompt, SystemPromptFor: acc.systemPrompt, Admit: acc.admit(az.policy, cfg.LLMMaxTokens, log),
+		SystemPrompt: cfg.SystemPrompt, SystemPromptFor: acc.systemPrompt, Admit: acc.admit(az.policy, model.Targets, cfg.LLMMaxTokens, log),
 	}
 	var (
 		runner *turn.Runner

@@ -33,7 +33,7 @@ func wireAccess(cfg config, store turn.Store, rc *goredis.Client, log *slog.Logg
 	a := &access{}
 	var scopes []string
 	if cfg.Profile == "dev" {
-		scopes = []string{agate.ScopeAdmin} // the dev profile's anonymous caller operates the gateway
+		scopes = []string{agate.ScopeAdmin, agate.ScopeOperator} // the dev profile's anonymous caller operates the gateway
 	}
 	var algs []string
 	for _, s := range strings.Split(cfg.JWTAlgs, ",") {
@@ -83,31 +83,42 @@ func (a *access) settings(t string) httpapi.TenantSettings {
 // systemPrompt gives the runner a tenant's system prompt.
 func (a *access) systemPrompt(t string) string { return a.tenants.Get(t).SystemPrompt }
 
-// admit is the runner's admission of a model call: the policy's model.use for the
-// tenant's routing, then a reservation of the worst case (the prompt and the reply limit)
-// on the tenant's budget, settled with what the call used.
-func (a *access) admit(policy httpapi.Policy, maxTokens int, log *slog.Logger) func(context.Context, agate.Turn, agate.ModelRequest) (func(int64), error) {
-	return func(ctx context.Context, t agate.Turn, req agate.ModelRequest) (func(int64), error) {
+// admit is the runner's admission of a model call: the policy's model.use for every
+// target the call may reach (the tenant's routing), then a reservation of the worst case
+// (the prompt and the reply limit, which it sets when the tenant has a budget) on the
+// tenant's budget, settled with what the call used.
+func (a *access) admit(policy httpapi.Policy, targets func(string) []string, maxTokens int, log *slog.Logger) func(context.Context, agate.Turn, *agate.ModelRequest) (func(int64), error) {
+	return func(ctx context.Context, t agate.Turn, req *agate.ModelRequest) (func(int64), error) {
+		s := a.tenants.Get(t.Tenant)
 		if policy != nil {
-			s := a.tenants.Get(t.Tenant)
-			model := cmp.Or(req.Model, "default")
-			d, err := policy.Decide(ctx, agate.PolicyInput{
-				Principal: agate.Principal{Tenant: t.Tenant}, Tenant: t.Tenant, Action: "model.use",
-				Resource: map[string]any{"type": "model", "name": model},
-				Context: map[string]any{"model": model, "routing": map[string]any{
-					"allow": nonNil(s.Allow), "deny": nonNil(s.Deny)}},
-				Usage: map[string]any{},
-			})
-			if err != nil {
-				return nil, agate.Wrap(agate.EUnavailable, err, "The policy cannot be evaluated right now; retry shortly.")
+			for _, target := range targets(req.Model) {
+				d, err := policy.Decide(ctx, agate.PolicyInput{
+					Principal: agate.Principal{Tenant: t.Tenant}, Tenant: t.Tenant, Action: "model.use",
+					Resource: map[string]any{"type": "model", "name": target},
+					Context: map[string]any{"model": target, "persona": t.PersonaID, "routing": map[string]any{
+						"allow": nonNil(s.Allow), "deny": nonNil(s.Deny)}},
+					Usage: map[string]any{},
+				})
+				if err != nil {
+					return nil, agate.Wrap(agate.EUnavailable, err, "The policy cannot be evaluated right now; retry shortly.")
+				}
+				if !d.Allow {
+					return nil, agate.Errorf(agate.EPolicyDenied, "model.use refused: %s.", cmp.Or(d.Reason, "not allowed by policy"))
+				}
 			}
-			if !d.Allow {
-				return nil, agate.Errorf(agate.EPolicyDenied, "model.use refused: %s.", cmp.Or(d.Reason, "not allowed by policy"))
-			}
+		}
+		if limited(s, t.PersonaID) && req.MaxTokens <= 0 {
+			req.MaxTokens = cmp.Or(maxTokens, defaultReplyTokens) // a reservation holds only for a bounded reply
 		}
 		n := int64(cmp.Or(req.MaxTokens, maxTokens, defaultReplyTokens))
 		for _, m := range req.Messages {
-			n += int64(prompt.Tokens(m.Content))
+			n += int64(prompt.Tokens(m.Content) + prompt.Tokens(m.ToolCallID))
+			for _, c := range m.ToolCalls {
+				n += int64(prompt.Tokens(c.Name) + prompt.Tokens(c.Arguments))
+			}
+		}
+		for _, tool := range req.Tools {
+			n += int64(prompt.Tokens(tool.Name) + prompt.Tokens(tool.Description) + prompt.Tokens(string(tool.Parameters)))
 		}
 		r, err := a.budgets.Reserve(ctx, t.Tenant, t.PersonaID, n)
 		if err != nil {
@@ -121,18 +132,23 @@ func (a *access) admit(policy httpapi.Policy, maxTokens int, log *slog.Logger) f
 	}
 }
 
+// limited reports whether a call of the tenant's persona is on a budget.
+func limited(s tenant.Settings, persona string) bool {
+	return s.TokensPerDay > 0 || s.PersonaTokensPerDay[persona] > 0
+}
+
 // reserve is the API's budget for synchronous model calls.
-func (a *access) reserve(log *slog.Logger) func(context.Context, string, string, int64) (func(int64), error) {
-	return func(ctx context.Context, tenant, persona string, n int64) (func(int64), error) {
-		r, err := a.budgets.Reserve(ctx, tenant, persona, n)
+func (a *access) reserve(log *slog.Logger) func(context.Context, string, string, int64) (func(int64), bool, error) {
+	return func(ctx context.Context, t, persona string, n int64) (func(int64), bool, error) {
+		r, err := a.budgets.Reserve(ctx, t, persona, n)
 		if err != nil {
-			return nil, err
+			return nil, false, err
 		}
 		return func(used int64) {
 			if err := a.budgets.Settle(context.WithoutCancel(ctx), r, used); err != nil {
-				log.Warn("settle a token reservation", "err", err, "tenant", tenant)
+				log.Warn("settle a token reservation", "err", err, "tenant", t)
 			}
-		}, nil
+		}, limited(a.tenants.Get(t), persona), nil
 	}
 }
 

@@ -37,6 +37,10 @@ func wireAuthz(ctx context.Context, cfg config, log *slog.Logger, reg prometheus
 		}, log)
 	} else {
 		rel, err = openfga.NewEmbedded(ctx, log)
+		if cfg.Kafka != "" {
+			log.Warn("OpenFGA runs in this process with a memory datastore while replicas share turns: " +
+				"sessions shared on one replica are not shared on the others, and restarts forget shares; set OPENFGA_API_URL")
+		}
 	}
 	if err != nil {
 		return nil, err

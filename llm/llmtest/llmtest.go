@@ -48,6 +48,7 @@ type step struct {
 // with Text, Fail, Wait, Hang or Echo and chain more steps with the methods of the same
 // names. A Reply is a value: chaining never changes the receiver.
 type Reply struct {
+	calls  []agate.ToolCall
 	steps  []step
 	usage  agate.Usage
 	finish string
@@ -96,6 +97,16 @@ func (r Reply) Hang() Reply { return r.with(step{kind: stepHang}) }
 
 // Echo adds a step that emits the content of the request's last user message.
 func (r Reply) Echo() Reply { return r.with(step{kind: stepEcho}) }
+
+// Call returns a reply that calls a tool.
+func Call(id, name, arguments string) Reply { return Reply{}.Call(id, name, arguments) }
+
+// Call adds a tool call to the reply (several: parallel calls, in this order); the
+// reply's finish reason becomes "tool_calls" unless Finish sets another.
+func (r Reply) Call(id, name, arguments string) Reply {
+	r.calls = append(slices.Clone(r.calls), agate.ToolCall{ID: id, Name: name, Arguments: arguments})
+	return r
+}
 
 // Usage sets the usage the reply reports.
 func (r Reply) Usage(u agate.Usage) Reply {
@@ -157,6 +168,9 @@ func (s *Script) Generate(ctx context.Context, req agate.ModelRequest, emit func
 	if out.Model == "" {
 		out.Model = DefaultModel
 	}
+	if out.FinishReason == "" && len(r.calls) > 0 {
+		out.FinishReason = agate.FinishToolCalls
+	}
 	if out.FinishReason == "" {
 		out.FinishReason = "stop"
 	}
@@ -204,6 +218,7 @@ func (s *Script) Generate(ctx context.Context, req agate.ModelRequest, emit func
 			return fail(ctx.Err())
 		}
 	}
+	out.ToolCalls = slices.Clone(r.calls)
 	return out, nil
 }
 

@@ -249,6 +249,17 @@ func (r *Router) Models() []string {
 	return append(aliases, slices.Compact(targets)...)
 }
 
+// Targets returns the "provider/model" targets a request for model would be sent to, in
+// order: what a policy on model use must judge (a name or an alias says little).
+func (r *Router) Targets(model string) []string {
+	_, chain := r.resolve(model)
+	out := make([]string, len(chain))
+	for i, t := range chain {
+		out[i] = t.Provider + "/" + t.Model
+	}
+	return out
+}
+
 // resolve returns the alias (or "" for a direct request) and chain of a requested model:
 //   - "" is the Default alias;
 //   - an alias is its chain;
