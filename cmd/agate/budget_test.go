@@ -124,3 +124,31 @@ func TestBudgetHoldsUnderConcurrentTurnsOnTwoReplicas(t *testing.T) {
 		})
 	}
 }
+
+// TestTokensPerMinuteLimitsModelCalls: a tenant's tokens_per_minute refuses calls whose
+// worst case does not fit in what is left of the minute, with 429 rate_limited.
+func TestTokensPerMinuteLimitsModelCalls(t *testing.T) {
+	conf := filepath.Join(t.TempDir(), "tenants.yaml")
+	if err := os.WriteFile(conf, []byte("defaults:\n  rate_limits: {tokens_per_minute: 100}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	g := start(t, withUpstream(newUpstream(t), map[string]string{"TENANT_CONFIG_PATH": conf}))
+	body := `{"model":"default","max_tokens":30,"messages":[{"role":"user","content":"hi"}]}`
+	codes := map[int]int{}
+	var limited response
+	for i := 0; i < 20 && codes[429] == 0; i++ { // 20: a minute may turn meanwhile
+		res := do(t, "POST", g.URL+"/v1/chat/completions", body, nil)
+		codes[res.status]++
+		if res.status == 429 {
+			limited = res
+		}
+	}
+	// Each call reserves 31 tokens and uses 13 (the fake provider's count): after 6 calls
+	// (78 spent) the next worst case does not fit in the minute's 100.
+	if codes[200] == 0 || codes[429] == 0 {
+		t.Fatalf("statuses %v: want some answered, then 429", codes)
+	}
+	if !contains(limited.body, `"rate_limited"`) || limited.header.Get("Retry-After") == "" {
+		t.Errorf("over the rate: %s (Retry-After %q)", limited.body, limited.header.Get("Retry-After"))
+	}
+}

@@ -3,6 +3,7 @@ package main
 import (
 	"cmp"
 	"context"
+	"fmt"
 	"log/slog"
 	"strings"
 	"time"
@@ -24,13 +25,15 @@ type access struct {
 	auth    *authn.Authenticator
 	tenants *tenant.Registry
 	budgets *tenant.Budgets
+	ledger  turn.Ledger // the store: per-minute token counters
+	now     func() time.Time
 	jobs    []func(context.Context) error
 }
 
 // wireAccess builds authentication, tenant settings and budgets. rc is the Redis client
 // when REDIS_URL is set (budgets are counted there, and in the store while it is down).
 func wireAccess(cfg config, store turn.Store, rc *goredis.Client, log *slog.Logger) (*access, error) {
-	a := &access{}
+	a := &access{ledger: store, now: time.Now}
 	var scopes []string
 	if cfg.Profile == "dev" {
 		scopes = []string{agate.ScopeAdmin, agate.ScopeOperator} // the dev profile's anonymous caller operates the gateway
@@ -120,35 +123,67 @@ func (a *access) admit(policy httpapi.Policy, targets func(string) []string, max
 		for _, tool := range req.Tools {
 			n += int64(prompt.Tokens(tool.Name) + prompt.Tokens(tool.Description) + prompt.Tokens(string(tool.Parameters)))
 		}
-		r, err := a.budgets.Reserve(ctx, t.Tenant, t.PersonaID, n)
-		if err != nil {
-			return nil, err
-		}
-		return func(used int64) {
-			if err := a.budgets.Settle(context.WithoutCancel(ctx), r, used); err != nil {
-				log.Warn("settle a token reservation", "err", err, "tenant", t.Tenant, "turn", t.ID)
-			}
-		}, nil
+		return a.take(ctx, t.Tenant, t.PersonaID, n, s, log)
 	}
+}
+
+// take reserves n tokens on the tenant's per-minute rate (tokens_per_minute) and daily
+// budget, and returns what settles both.
+func (a *access) take(ctx context.Context, tenantName, persona string, n int64, s tenant.Settings, log *slog.Logger) (func(int64), error) {
+	perMinute, err := a.perMinute(ctx, tenantName, n, s.TokensPerMinute)
+	if err != nil {
+		return nil, err
+	}
+	r, err := a.budgets.Reserve(ctx, tenantName, persona, n)
+	if err != nil {
+		perMinute(0)
+		return nil, err
+	}
+	return func(used int64) {
+		perMinute(used)
+		if err := a.budgets.Settle(context.WithoutCancel(ctx), r, used); err != nil {
+			log.Warn("settle a token reservation", "err", err, "tenant", tenantName)
+		}
+	}, nil
+}
+
+// perMinute reserves n tokens of the tenant's tokens_per_minute (0: no limit) on the
+// store's counter of the current minute, shared by every replica: over it, the call is
+// refused with agate.ERateLimited until the next minute.
+func (a *access) perMinute(ctx context.Context, tenantName string, n int64, limit int) (func(int64), error) {
+	if limit <= 0 {
+		return func(int64) {}, nil
+	}
+	now := a.now().UTC()
+	key := agate.BudgetKey{Tenant: tenantName, Day: now.Format("2006-01-02T15:04")} // a minute, not a day
+	ok, err := a.ledger.ReserveTokens(ctx, key, n, int64(limit))
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		wait := now.Truncate(time.Minute).Add(time.Minute).Sub(now)
+		return nil, &agate.Error{Code: agate.ERateLimited, RetryAfter: wait,
+			Message: fmt.Sprintf("Tenant %q is over its rate of %d tokens per minute; this call may use up to %d. Retry in %s.", tenantName, limit, n, wait.Round(time.Second))}
+	}
+	return func(used int64) {
+		_ = a.ledger.SettleTokens(context.WithoutCancel(ctx), key, n, used)
+	}, nil
 }
 
 // limited reports whether a call of the tenant's persona is on a budget.
 func limited(s tenant.Settings, persona string) bool {
-	return s.TokensPerDay > 0 || s.PersonaTokensPerDay[persona] > 0
+	return s.TokensPerDay > 0 || s.PersonaTokensPerDay[persona] > 0 || s.TokensPerMinute > 0
 }
 
 // reserve is the API's budget for synchronous model calls.
 func (a *access) reserve(log *slog.Logger) func(context.Context, string, string, int64) (func(int64), bool, error) {
 	return func(ctx context.Context, t, persona string, n int64) (func(int64), bool, error) {
-		r, err := a.budgets.Reserve(ctx, t, persona, n)
+		s := a.tenants.Get(t)
+		settle, err := a.take(ctx, t, persona, n, s, log)
 		if err != nil {
 			return nil, false, err
 		}
-		return func(used int64) {
-			if err := a.budgets.Settle(context.WithoutCancel(ctx), r, used); err != nil {
-				log.Warn("settle a token reservation", "err", err, "tenant", t)
-			}
-		}, limited(a.tenants.Get(t), persona), nil
+		return settle, limited(s, persona), nil
 	}
 }
 
