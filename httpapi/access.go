@@ -48,6 +48,12 @@ const (
 
 // Object references of the authorization model. Ids are escaped (":", "#", "/" and
 // spaces included) so that neither a tenant nor a subject can forge another's reference.
+// UserRef is p's reference in the authorization model ("user:<tenant>/<subject>").
+func UserRef(p agate.Principal) string { return userRef(p) }
+
+// TenantRef is a tenant's reference in the authorization model ("tenant:<name>").
+func TenantRef(tenant string) string { return tenantRef(tenant) }
+
 func userRef(p agate.Principal) string {
 	return "user:" + bounded(url.QueryEscape(p.Tenant)+"/"+url.QueryEscape(p.Subject))
 }

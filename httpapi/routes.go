@@ -34,6 +34,8 @@ func (s *Server) routes() []route {
 		{"DELETE", "/v1/sessions/{id}/viewers/{subject}", private, s.handleShareSession(false)},
 		{"POST", "/v1/chat/completions", private | openaiAPI | metered, s.handleChatCompletions()},
 		{"GET", "/v1/models", private | openaiAPI, s.handleModels()},
+		{"GET", "/v1/tools", private, s.handleListTools()},
+		{"POST", "/v1/tool/request", private | metered, s.handleToolRequest()},
 		{"GET", "/v1/admin/breakers", private, s.handleBreakers()},
 		{"GET", "/v1/admin/dlq", private, s.handleDeadLetters()},
 		{"POST", "/v1/keys", private, s.handleCreateKey()},

@@ -124,6 +124,8 @@ type Deps struct {
 	// limited says the caller is on a budget (its reply must then be bounded). nil: no
 	// budgets.
 	Budget func(ctx context.Context, tenant, persona string, n int64) (settle func(used int64), limited bool, err error)
+	// Tools lists and runs tools for GET /v1/tools and POST /v1/tool/request; nil: none.
+	Tools Tools
 	// NewKey makes an API key and its token (authn.NewAPIKey); nil: /v1/keys refuses.
 	NewKey func(tenant, label string, scopes []string, createdBy string, now time.Time) (string, agate.APIKey, error)
 }
@@ -142,6 +144,7 @@ type Server struct {
 	tenants    func(tenant string) TenantSettings
 	newKey     func(tenant, label string, scopes []string, createdBy string, now time.Time) (string, agate.APIKey, error)
 	budget     func(ctx context.Context, tenant, persona string, n int64) (func(used int64), bool, error)
+	tools      Tools
 	log        *slog.Logger
 	metrics    *metrics.HTTP
 	gatherer   prometheus.Gatherer
@@ -161,7 +164,7 @@ func New(d Deps, log *slog.Logger, reg *prometheus.Registry, cfg Config) *Server
 	cfg.setDefaults()
 	s := &Server{
 		runner: d.Runner, model: d.Model, store: d.Store, hub: d.Hub, auth: d.Auth, limiter: d.Limiter, checks: d.Checks,
-		authz: d.Authz, policy: d.Policy, tenants: d.Tenants, newKey: d.NewKey, budget: d.Budget, log: log,
+		authz: d.Authz, policy: d.Policy, tenants: d.Tenants, newKey: d.NewKey, budget: d.Budget, tools: d.Tools, log: log,
 		metrics: metrics.NewHTTP(reg), gatherer: reg, cfg: cfg, started: time.Now(),
 		slots: make(chan struct{}, cfg.MaxCompletions),
 	}

@@ -42,6 +42,10 @@ type config struct {
 	OpenFGANew   bool          `env:"OPENFGA_CREATE" default:"false" help:"create the OpenFGA store and write conf/authz.fga when OPENFGA_STORE_ID is empty"`
 	OpenFGAStale int           `env:"OPENFGA_STALE_SECONDS" default:"30" help:"while OpenFGA is unreachable, allow decisions seen this recently are reused; then 503"`
 	OPAURL       string        `env:"OPA_URL" help:"OPA server for policy decisions (default: OPA's engine in process with AGATE_POLICY_DIR)"`
+	ToolsDir     string        `env:"AGATE_TOOLS_DIR" help:"directory of the tool catalogue, one JSON file per tool (default: the catalogue built into agate)"`
+	FetchAllow   string        `env:"AGATE_FETCH_ALLOW" help:"hosts the http_fetch tool may GET, comma-separated: example.com, example.com:8443, *.example.com (default: none)"`
+	TurnTools    string        `env:"AGATE_TURN_TOOLS" help:"tools offered to the model in turns, comma-separated, or * for the whole catalogue (default: none)"`
+	ToolRounds   int           `env:"AGATE_TOOL_ROUNDS" default:"8" help:"model calls with tools per turn before the model must answer without them"`
 	PolicyDir    string        `env:"AGATE_POLICY_DIR" help:"directory of the Rego policies (package agate), reloaded when they change (default: the policies built into agate)"`
 	LLMBaseURL   string        `env:"LLM_BASE_URL" help:"OpenAI-compatible API base URL, e.g. https://api.openai.com/v1"`
 	LLMAPIKey    string        `env:"LLM_API_KEY" secret:"true" help:"API key for LLM_BASE_URL"`

@@ -17,8 +17,9 @@ import (
 // sending chunk hold (if > 0) it waits until release is called or the client goes away.
 type upstream struct {
 	*httptest.Server
-	fail     atomic.Pointer[int32] // when set and not 0, answer every request with this status
-	cutAt    atomic.Int32          // when > 0, drop the connection before this chunk
+	fail     atomic.Pointer[int32]          // when set and not 0, answer every request with this status
+	cutAt    atomic.Int32                   // when > 0, drop the connection before this chunk
+	toolPlan atomic.Pointer[[]scriptedCall] // when set: the tool calls to make while the last message is not a tool result
 	mu       sync.Mutex
 	requests []chatRequest
 	hold     int           // chunk index to pause before; 0: never
@@ -105,6 +106,10 @@ func (u *upstream) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	words := strings.SplitAfter(reply(last), " ")
 	w.Header().Set("Content-Type", "text/event-stream")
+	if c := u.toolPlan.Load(); c != nil && lastMsg.Role != "tool" {
+		u.scriptedCalls(w, *c)
+		return
+	}
 	if len(req.Tools) > 0 && lastMsg.Role != "tool" {
 		u.toolCall(w, req)
 		return
@@ -156,5 +161,26 @@ func (u *upstream) toolCall(w http.ResponseWriter, req chatRequest) {
 	}
 	send(`{"id":"c1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}`)
 	send(`{"id":"c1","object":"chat.completion.chunk","created":1,"model":"m","choices":[],"usage":{"prompt_tokens":5,"completion_tokens":7,"total_tokens":12}}`)
+	send("[DONE]")
+}
+
+// scriptedCall is a tool call the upstream makes when told to.
+type scriptedCall struct{ name, args string }
+
+// scriptedCalls streams calls as parallel tool calls, each call's arguments in two pieces.
+func (u *upstream) scriptedCalls(w http.ResponseWriter, calls []scriptedCall) {
+	send := func(s string) {
+		fmt.Fprintf(w, "data: %s\n\n", s)
+		w.(http.Flusher).Flush()
+	}
+	for i, c := range calls {
+		send(fmt.Sprintf(`{"id":"c1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"role":"assistant","content":null,"tool_calls":[{"index":%d,"id":"call_%d","type":"function","function":{"name":%q,"arguments":""}}]},"finish_reason":null}]}`, i, i, c.name))
+		half := len(c.args) / 2
+		for _, piece := range []string{c.args[:half], c.args[half:]} {
+			arg, _ := json.Marshal(piece)
+			send(fmt.Sprintf(`{"id":"c1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"tool_calls":[{"index":%d,"function":{"arguments":%s}}]},"finish_reason":null}]}`, i, arg))
+		}
+	}
+	send(`{"id":"c1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}`)
 	send("[DONE]")
 }

@@ -86,11 +86,16 @@ func wire(ctx context.Context, cfg config, log *slog.Logger) (*gateway, error) {
 	}
 	closers = append(closers, az.closers...)
 
+	tg, err := wireTools(cfg, az.rel, az.policy, store, log)
+	if err != nil {
+		return fail(err)
+	}
 	hub := inmem.NewHub(0)
 	tcfg := turn.Config{
 		Workers: cfg.Workers, MaxQueued: cfg.MaxQueued, TurnTimeout: cfg.TurnTimeout, Grace: cfg.Grace,
 		HistoryLimit: cfg.History, ContextTokens: cfg.Context, MaxTokens: cfg.LLMMaxTokens,
 		SystemPrompt: cfg.SystemPrompt, SystemPromptFor: acc.systemPrompt, Admit: acc.admit(az.policy, model.Targets, cfg.LLMMaxTokens, log),
+		Tools: tg, MaxToolRounds: cfg.ToolRounds,
 	}
 	var (
 		runner *turn.Runner
@@ -131,7 +136,7 @@ func wire(ctx context.Context, cfg config, log *slog.Logger) (*gateway, error) {
 	}
 	srv := httpapi.New(httpapi.Deps{Runner: api, Model: model, Store: store, Hub: hub, Auth: acc.auth,
 		Limiter: limiter, Checks: checks, Authz: az.rel, Policy: az.policy, Tenants: acc.settings, NewKey: authn.NewAPIKey,
-		Budget: acc.reserve(log),
+		Budget: acc.reserve(log), Tools: tg,
 	}, log, reg, httpapi.Config{
 		MaxBodyBytes: cfg.MaxBody, MaxMessageBytes: cfg.MaxMessage,
 		TenantLimit: inmem.Limit{Rate: cfg.TenantRPM, Per: time.Minute},
