@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"time"
 
 	"github.com/agate-gw/agate"
@@ -100,6 +101,60 @@ func (s *Store) MarkSent(ctx context.Context, ids ...int64) error {
 		return storeErr(ctx, "mark sent", err)
 	}
 	return nil
+}
+
+// Enqueue writes recs to the outbox in one transaction, whatever Config.Bus says, with
+// agate.HeaderOrigin added when the store has an origin and a record does not set it. A
+// record without topic or key, whose payload is not JSON, or with text Postgres cannot
+// keep (a NUL), gives agate.EInvalid and nothing is written.
+func (s *Store) Enqueue(ctx context.Context, recs ...agate.OutboxRecord) error {
+	if len(recs) == 0 {
+		return nil
+	}
+	var batch pgx.Batch
+	for _, r := range recs {
+		headers, err := enqueueHeaders(r, s.origin)
+		if err != nil {
+			return fmt.Errorf("postgres enqueue: %w", err)
+		}
+		batch.Queue(qInsertOutbox, r.Topic, r.Key, string(r.Payload), headers)
+	}
+	// The inserts go with BEGIN and COMMIT follows them: inTx sends that first round trip
+	// again only if it reached a dead connection, when nothing was committed.
+	err := s.inTx(ctx, &batch, func(br pgx.BatchResults, _ *pgx.Batch) error {
+		for range recs {
+			if _, err := br.Exec(); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return storeErr(ctx, "enqueue", err)
+	}
+	return nil
+}
+
+// enqueueHeaders checks r, a record given to Enqueue, and returns its headers as JSON, with
+// agate.HeaderOrigin set to origin (when not empty) unless r sets it.
+func enqueueHeaders(r agate.OutboxRecord, origin string) (string, error) {
+	switch {
+	case r.Topic == "" || r.Key == "":
+		return "", agate.Errorf(agate.EInvalid, "An outbox record needs a topic and a key.")
+	case !json.Valid(r.Payload):
+		return "", agate.Errorf(agate.EInvalid, "The payload of an outbox record must be JSON.")
+	}
+	h := r.Headers
+	if _, set := h[agate.HeaderOrigin]; origin != "" && !set {
+		h = make(map[string]string, len(r.Headers)+1)
+		maps.Copy(h, r.Headers)
+		h[agate.HeaderOrigin] = origin
+	}
+	if len(h) == 0 {
+		return "{}", nil
+	}
+	b, err := json.Marshal(h) // a map of strings always encodes
+	return string(b), err
 }
 
 // AddDeadLetter stores d, unless a dead letter of the same topic, partition and offset is

@@ -76,6 +76,7 @@ type Store struct {
 
 	bus     bool   // Config.Bus
 	headers string // the headers of outbox records, as JSON
+	origin  string // Config.Origin
 
 	mu   sync.Mutex
 	last time.Time // latest time handed out by now
@@ -104,7 +105,7 @@ func Open(ctx context.Context, dsn string, cfg Config) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("postgres open: %w", err)
 	}
-	return &Store{pool: pool, bus: cfg.Bus, headers: outboxHeaders(cfg.Origin)}, nil
+	return &Store{pool: pool, bus: cfg.Bus, headers: outboxHeaders(cfg.Origin), origin: cfg.Origin}, nil
 }
 
 // Migrate connects to the database at dsn, brings its schema up to date and disconnects,

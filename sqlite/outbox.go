@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"time"
 
 	"github.com/agate-gw/agate"
@@ -103,6 +104,55 @@ func (s *Store) MarkSent(ctx context.Context, ids ...int64) error {
 		return storeErr("mark sent", err)
 	}
 	return nil
+}
+
+// Enqueue writes recs to the outbox in one transaction, whatever Config.Bus says, with
+// agate.HeaderOrigin added when the store has an origin and a record does not set it. A
+// record without topic or key, or whose payload is not JSON, gives agate.EInvalid and
+// nothing is written.
+func (s *Store) Enqueue(ctx context.Context, recs ...agate.OutboxRecord) error {
+	if len(recs) == 0 {
+		return nil
+	}
+	headers := make([]string, len(recs))
+	for i, r := range recs {
+		h, err := enqueueHeaders(r, s.origin)
+		if err != nil {
+			return fmt.Errorf("sqlite enqueue: %w", err)
+		}
+		headers[i] = h
+	}
+	err := s.inTx(ctx, func(tx wtx) error {
+		at := nanos(s.now())
+		for i, r := range recs {
+			if _, err := tx.exec(ctx, qInsertOutbox, r.Topic, r.Key, string(r.Payload), headers[i], at); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return storeErr("enqueue", err)
+	}
+	return nil
+}
+
+// enqueueHeaders checks r, a record given to Enqueue, and returns its headers as JSON, with
+// agate.HeaderOrigin set to origin (when not empty) unless r sets it.
+func enqueueHeaders(r agate.OutboxRecord, origin string) (string, error) {
+	switch {
+	case r.Topic == "" || r.Key == "":
+		return "", agate.Errorf(agate.EInvalid, "An outbox record needs a topic and a key.")
+	case !json.Valid(r.Payload):
+		return "", agate.Errorf(agate.EInvalid, "The payload of an outbox record must be JSON.")
+	}
+	h := r.Headers
+	if _, set := h[agate.HeaderOrigin]; origin != "" && !set {
+		h = make(map[string]string, len(r.Headers)+1)
+		maps.Copy(h, r.Headers)
+		h[agate.HeaderOrigin] = origin
+	}
+	return encodeHeaders(h)
 }
 
 // AddDeadLetter stores d, unless a dead letter of the same topic, partition and offset is

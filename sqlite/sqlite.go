@@ -73,6 +73,7 @@ type Store struct {
 
 	bus     bool   // Config.Bus
 	headers string // the headers of outbox records, as JSON
+	origin  string // Config.Origin
 
 	mu   sync.Mutex
 	last time.Time // latest time handed out by now
@@ -132,7 +133,7 @@ func Open(ctx context.Context, path string, cfg Config) (*Store, error) {
 	if err := read.PingContext(ctx); err != nil {
 		return nil, errors.Join(fmt.Errorf("sqlite open %s: %w", path, err), read.Close(), write.Close())
 	}
-	return &Store{write: write, stmts: stmts, read: read, bus: cfg.Bus, headers: outboxHeaders(cfg.Origin)}, nil
+	return &Store{write: write, stmts: stmts, read: read, bus: cfg.Bus, headers: outboxHeaders(cfg.Origin), origin: cfg.Origin}, nil
 }
 
 // dsn returns a file: URI for the database at the absolute path abs, so that any character

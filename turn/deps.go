@@ -76,6 +76,11 @@ type Outbox interface {
 	// MarkSent marks the records sent (removes them): Unsent never returns them again.
 	// Unknown ids are ignored.
 	MarkSent(ctx context.Context, ids ...int64) error
+	// Enqueue writes records to the outbox in one transaction, whatever the store's bus
+	// setting; ID is assigned (the given one is ignored); Headers get agate.HeaderOrigin
+	// when the store has an origin, unless set. For records that must leave through the
+	// bus but announce no stored event, such as a tool request to executors.
+	Enqueue(ctx context.Context, recs ...agate.OutboxRecord) error
 }
 
 // DeadLetters keeps bus records that consumers could not handle (the dlq table).

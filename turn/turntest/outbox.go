@@ -326,6 +326,80 @@ func testConcurrentOutboxOrder(t *testing.T, s turn.Store) {
 	}
 }
 
+// testEnqueue runs on a store without the bus but with an origin, and on one with the bus
+// but without an origin.
+func testEnqueue(t *testing.T, s turn.Store) {
+	acc := accept(t, s, inbound(acme, "hello"))
+	key := acc.Turn.SessionID.String()
+	enqueue := func(recs ...agate.OutboxRecord) {
+		t.Helper()
+		if err := s.Enqueue(t.Context(), recs...); err != nil {
+			t.Fatalf("Enqueue: %v", err)
+		}
+	}
+	first := agate.OutboxRecord{ID: 99, Topic: "tool.requests", Key: key, Payload: []byte(`{"call":1,"args":{"q":"x"}}`)}
+	second := agate.OutboxRecord{Topic: "tool.requests", Key: "other", Payload: []byte(`[1, "two", null]`),
+		Headers: map[string]string{"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}}
+	third := agate.OutboxRecord{Topic: "tool.results", Key: key, Payload: []byte(`"done"`),
+		Headers: map[string]string{agate.HeaderOrigin: "elsewhere"}}
+	before := unsent(t, s)
+	enqueue(first)
+	enqueue()
+	enqueue(second, third)
+
+	recs := unsent(t, s)
+	if len(recs) != len(before)+3 {
+		t.Fatalf("%d unsent records after enqueuing 3 behind %d, want %d", len(recs), len(before), len(before)+3)
+	}
+	diff(t, "records written before Enqueue", before, recs[:len(before)])
+	for i, r := range recs {
+		if i > 0 && r.ID <= recs[i-1].ID {
+			t.Errorf("record %d has id %d after %d, want increasing ids", i, r.ID, recs[i-1].ID)
+		}
+	}
+	got := recs[len(before):]
+	origin := map[string]string{}
+	if len(before) == 0 { // the store without the bus has an origin
+		origin[agate.HeaderOrigin] = "replica-a"
+	}
+	traced := map[string]string{"traceparent": second.Headers["traceparent"]}
+	if len(before) == 0 {
+		traced[agate.HeaderOrigin] = "replica-a"
+	}
+	diff(t, "routes of enqueued records", []route{
+		{first.Topic, first.Key, origin},
+		{second.Topic, second.Key, traced},
+		{third.Topic, third.Key, third.Headers},
+	}, routes(got))
+	for i, want := range []agate.OutboxRecord{first, second, third} {
+		var a, b any
+		if err := json.Unmarshal(got[i].Payload, &b); err != nil {
+			t.Errorf("payload of enqueued record %d is not JSON: %v: %q", i, err, got[i].Payload)
+			continue
+		}
+		_ = json.Unmarshal(want.Payload, &a)
+		diff(t, fmt.Sprint("payload of enqueued record ", i), a, b)
+	}
+	if got[0].ID == first.ID {
+		t.Errorf("the enqueued record kept the given id %d", first.ID)
+	}
+	if len(second.Headers) != 1 {
+		t.Errorf("Enqueue changed the caller's headers: %v", second.Headers)
+	}
+
+	// Refused records: nothing of their batch is written.
+	for _, bad := range []agate.OutboxRecord{
+		{Key: key, Payload: []byte(`{}`)},
+		{Topic: "tool.requests", Payload: []byte(`{}`)},
+		{Topic: "tool.requests", Key: key, Payload: []byte(`{not json`)},
+		{Topic: "tool.requests", Key: key},
+	} {
+		err := s.Enqueue(t.Context(), first, bad)
+		wantCode(t, fmt.Sprintf("Enqueue of %+v", bad), err, agate.EInvalid)
+	}
+	diff(t, "unsent after refused records", recs, unsent(t, s))
+}
+
 func testOutboxLease(t *testing.T, s turn.Store) {
 	const short, long = 300 * time.Millisecond, time.Minute
 	lease := func(holder string, ttl time.Duration, want bool) {

@@ -65,6 +65,8 @@ func RunStoreTests(t *testing.T, open func(t *testing.T, o Options) turn.Store) 
 		{"FailedWritesAddNoOutboxRecords", bus, testFailedWritesOutbox},
 		{"DeleteSessionLeavesOutboxRecords", bus, testDeleteLeavesOutbox},
 		{"ConcurrentAcceptsKeepOutboxOrderPerSession", bus, testConcurrentOutboxOrder},
+		{"EnqueueWritesOutboxWithoutBus", Options{Origin: "replica-a"}, testEnqueue},
+		{"EnqueueAfterRecordsOfAccept", bus, testEnqueue},
 		{"OutboxLeaseHasOneHolder", Options{}, testOutboxLease},
 		{"DeadLettersStoredOncePerRecord", Options{}, testDeadLetters},
 		{"APIKeyRoundTrip", Options{}, testAPIKeyRoundTrip},
@@ -761,6 +763,8 @@ func testClosedStore(t *testing.T, s turn.Store) {
 	_, err = s.Unsent(t.Context(), 10)
 	wantCode(t, "Unsent after Close", err, agate.EUnavailable)
 	wantCode(t, "MarkSent after Close", s.MarkSent(t.Context(), 1), agate.EUnavailable)
+	err = s.Enqueue(t.Context(), agate.OutboxRecord{Topic: "tool.requests", Key: "k", Payload: []byte("{}")})
+	wantCode(t, "Enqueue after Close", err, agate.EUnavailable)
 	_, err = s.LeaseOutbox(t.Context(), "relay", time.Minute)
 	wantCode(t, "LeaseOutbox after Close", err, agate.EUnavailable)
 	err = s.AddDeadLetter(t.Context(), agate.DeadLetter{Topic: "x", Payload: []byte("x")})
