@@ -345,3 +345,30 @@ type TokenUsage struct {
 	Reserved int64
 	Spent    int64
 }
+
+// Topics of tools run by executors (agate executor), before a deployment's prefix.
+const (
+	TopicToolRequests = "tool.requests" // key session id, payload a ToolRequest
+	TopicToolResults  = "tool.results"  // key session id, payload a ToolResult
+)
+
+// ToolRequest asks executors to run a tool call of a turn.
+type ToolRequest struct {
+	RequestID uuid.UUID       `json:"event_id"` // unique per call; a ToolResult names it
+	SessionID uuid.UUID       `json:"session_id"`
+	Tenant    string          `json:"tenant"`
+	ToolName  string          `json:"tool_name"`
+	Args      json.RawMessage `json:"args"`
+	Metadata  map[string]any  `json:"metadata,omitempty"` // turn_id, call_id
+	Deadline  time.Time       `json:"deadline"`           // no one waits for the result after it
+}
+
+// ToolResult is an executor's answer to a ToolRequest.
+type ToolResult struct {
+	RequestID uuid.UUID `json:"request_id"`
+	SessionID uuid.UUID `json:"session_id"`
+	ToolName  string    `json:"tool_name"`
+	Status    string    `json:"status"` // "ok" or "error"
+	Text      string    `json:"text"`
+	Truncated bool      `json:"truncated,omitempty"`
+}

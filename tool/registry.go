@@ -98,6 +98,7 @@ type entry struct {
 	spec   Spec
 	schema *jsonschema.Schema
 	run    Func // nil unless spec.Target is TargetInProcess
+	exec   Func // the built-in of the tool's name, whatever its target: what an executor runs
 }
 
 var nameRE = regexp.MustCompile(`^[a-zA-Z0-9_-]{1,64}$`)
@@ -197,6 +198,7 @@ func loadFile(fsys fs.FS, fname string, builtins map[string]Func) (entry, error)
 		return entry{}, fmt.Errorf(`invalid target %q: want %q or %q`, f.Target, TargetInProcess, TargetKafka)
 	}
 	e.spec.Target = f.Target
+	e.exec = builtins[e.spec.Name]
 
 	e.spec.Timeout = DefaultTimeout
 	if f.Timeout != "" {
@@ -363,6 +365,24 @@ func (r *Registry) Run(ctx context.Context, name string, args json.RawMessage) (
 	if e.run == nil {
 		return Result{}, agate.Errorf(agate.EInvalid, "tool %q does not run in process (target %q)", name, e.spec.Target)
 	}
+	return r.run(ctx, name, e, e.run, args)
+}
+
+// Execute is Run for an executor (agate executor): it runs the built-in of the tool's
+// name whatever the tool's target, with the same validation, timeout and limits. A tool
+// without a built-in gives agate.EInvalid.
+func (r *Registry) Execute(ctx context.Context, name string, args json.RawMessage) (Result, error) {
+	e, ok := r.tools[name]
+	if !ok {
+		return Result{}, agate.Errorf(agate.EInvalid, "unknown tool %q", name)
+	}
+	if e.exec == nil {
+		return Result{}, agate.Errorf(agate.EInvalid, "no built-in tool %q on this executor", name)
+	}
+	return r.run(ctx, name, e, e.exec, args)
+}
+
+func (r *Registry) run(ctx context.Context, name string, e entry, fn Func, args json.RawMessage) (Result, error) {
 	if err := validate(e.schema, args); err != nil {
 		return Result{}, err
 	}
@@ -386,7 +406,7 @@ func (r *Registry) Run(ctx context.Context, name string, args json.RawMessage) (
 				done <- outcome{err: errors.New("the tool failed with an internal error")}
 			}
 		}()
-		text, err := e.run(tctx, slices.Clone(args))
+		text, err := fn(tctx, slices.Clone(args))
 		done <- outcome{text, err}
 	}()
 

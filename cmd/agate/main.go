@@ -52,7 +52,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, _ io.Re
 		fmt.Fprintln(stdout, "agate", version)
 		return nil
 	}
-	if cmd != "serve" && cmd != "migrate" {
+	if cmd != "serve" && cmd != "migrate" && cmd != "executor" {
 		usage(stderr)
 		return fmt.Errorf("unknown command %q", cmd)
 	}
@@ -62,8 +62,14 @@ func run(ctx context.Context, args []string, getenv func(string) string, _ io.Re
 		return err
 	}
 	log := newLogger(cfg, stderr)
-	if cmd == "migrate" {
+	switch cmd {
+	case "migrate":
 		return migrate(ctx, cfg, log)
+	case "executor":
+		return executor(ctx, cfg, log, stdout)
+	}
+	if cfg.Kafka != "" && cfg.PostgresDSN == "" {
+		return fmt.Errorf("KAFKA_BOOTSTRAP_SERVERS is set without POSTGRES_DSN: replicas sharing turns through Kafka must share one PostgreSQL store")
 	}
 	return serve(ctx, cfg, log, stdout)
 }

@@ -27,9 +27,9 @@ import (
 const envChild = "AGATE_TEST_CHILD"
 
 func TestMain(m *testing.M) {
-	if os.Getenv(envChild) == "serve" {
+	if cmd := os.Getenv(envChild); cmd != "" {
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-		err := run(ctx, []string{"agate"}, os.Getenv, os.Stdin, os.Stdout, os.Stderr)
+		err := run(ctx, []string{"agate", cmd}, os.Getenv, os.Stdin, os.Stdout, os.Stderr)
 		stop()
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "agate:", err)

@@ -113,6 +113,7 @@ func wire(ctx context.Context, cfg config, log *slog.Logger) (*gateway, error) {
 			return fail(err)
 		}
 		runner, api, after = b.runner, b.api, b.after
+		tg.remote = &remoteTools{enqueue: store.Enqueue, poke: b.poke, waiters: b.waiters, log: log}
 		jobs, closers = append(jobs, b.jobs...), append(b.closers, closers...)
 		checks = append(checks, b.check)
 	}

@@ -26,6 +26,8 @@ type scaled struct {
 	after   []func(context.Context) error // stop once the runner has stopped
 	closers []func() error
 	check   httpapi.Check
+	waiters *bus.Waiters // of tool calls sent to executors
+	poke    func()       // the outbox relay: records were written
 }
 
 // wireBus connects this replica to Kafka (DESIGN.md §5): turns come from the consumer
@@ -35,24 +37,17 @@ type scaled struct {
 func wireBus(cfg config, replica string, store turn.Store, model turn.Model, hub *inmem.Hub,
 	tcfg turn.Config, log *slog.Logger, reg prometheus.Registerer) (*scaled, error) {
 	log = log.With("replica", replica)
-	kcfg := kafka.Config{
-		Brokers:        strings.Split(cfg.Kafka, ","),
-		ClientID:       "agate-" + replica,
-		TopicPrefix:    cfg.KafkaPrefix,
-		SASL:           kafka.SASL{Mechanism: cfg.KafkaSASL, User: cfg.KafkaUser, Password: cfg.KafkaPass},
-		TLS:            cfg.KafkaTLS,
-		ProduceTimeout: cfg.KafkaTimeout,
-		// A little more than the workers can run: the backlog stays in Kafka, where a
-		// rebalance can hand it to another replica, rather than in this runner's queue.
-		MaxInFlight: max(2*cfg.Workers, 16),
-		// A moved partition waits for its running turns, so that none runs twice.
-		RevokeWait: cfg.TurnTimeout + cfg.Grace,
-		DeadLetterSink: func(ctx context.Context, dl kafka.Record) error {
-			return store.AddDeadLetter(ctx, agate.DeadLetter{
-				Topic: dl.Headers[kafka.HeaderOriginalTopic], Partition: dl.Partition, Offset: dl.Offset,
-				Key: dl.Key, Payload: dl.Value, Headers: dl.Headers, Error: dl.Headers[kafka.HeaderError],
-			})
-		},
+	kcfg := busConfig(cfg, "agate-"+replica)
+	// A little more than the workers can run: the backlog stays in Kafka, where a
+	// rebalance can hand it to another replica, rather than in this runner's queue.
+	kcfg.MaxInFlight = max(2*cfg.Workers, 16)
+	// A moved partition waits for its running turns, so that none runs twice.
+	kcfg.RevokeWait = cfg.TurnTimeout + cfg.Grace
+	kcfg.DeadLetterSink = func(ctx context.Context, dl kafka.Record) error {
+		return store.AddDeadLetter(ctx, agate.DeadLetter{
+			Topic: dl.Headers[kafka.HeaderOriginalTopic], Partition: dl.Partition, Offset: dl.Offset,
+			Key: dl.Key, Payload: dl.Value, Headers: dl.Headers, Error: dl.Headers[kafka.HeaderError],
+		})
 	}
 	inbound, outbound := kcfg.Topic(agate.TopicInbound), kcfg.Topic(agate.TopicOutbound)
 	prod, err := kafka.NewProducer(kcfg)
@@ -66,7 +61,10 @@ func wireBus(cfg config, replica string, store turn.Store, model turn.Model, hub
 	pub := bus.NewPublisher(hub, prod, relay, outbound, replica, 0, log)
 	tcfg.External = true
 	runner := turn.New(store, model, pub, log, tcfg)
-	topics := []string{inbound, outbound, kafka.DLQ(inbound), kafka.DLQ(outbound)}
+	toolRequests, toolResults := kcfg.Topic(agate.TopicToolRequests), kcfg.Topic(agate.TopicToolResults)
+	topics := []string{inbound, outbound, kafka.DLQ(inbound), kafka.DLQ(outbound),
+		toolRequests, toolResults, kafka.DLQ(toolRequests)}
+	waiters := bus.NewWaiters()
 
 	// The consumers are made once the topics exist: a group member that cannot poll yet
 	// would hold partitions whose turns then wait.
@@ -87,10 +85,24 @@ func wireBus(cfg config, replica string, store turn.Store, model turn.Model, hub
 			return err
 		}
 		defer tail.Close()
+		results, err := kafka.NewTail(kcfg, []string{toolResults}, waiters.Handle, log)
+		if err != nil {
+			return err
+		}
+		defer results.Close()
 		context.AfterFunc(ctx, func() { stopping.Store(true) })
 		eg, ctx := errgroup.WithContext(ctx)
 		eg.Go(func() error { return tail.Run(ctx) })
-		eg.Go(func() error { return turns.Run(ctx) })
+		eg.Go(func() error { return results.Run(ctx) })
+		eg.Go(func() error {
+			// Turns may wait for tool results: take them once those are tailed.
+			select {
+			case <-results.Ready():
+			case <-ctx.Done():
+				return nil
+			}
+			return turns.Run(ctx)
+		})
 		return eg.Wait()
 	}
 	return &scaled{
@@ -99,6 +111,8 @@ func wireBus(cfg config, replica string, store turn.Store, model turn.Model, hub
 		jobs:    []func(context.Context) error{consume},
 		after:   []func(context.Context) error{relay.Run, pub.Run}, // the ends of turns that finish in the grace period go out too
 		closers: []func() error{prod.Close},
+		waiters: waiters,
+		poke:    relay.Poke,
 		check: httpapi.Check{Name: "kafka", Probe: func(ctx context.Context) error {
 			if err := prod.Ping(ctx); err != nil {
 				return agate.Wrap(agate.EUnavailable, err, "kafka is unreachable; accepted messages wait in the outbox")
@@ -133,6 +147,18 @@ func requeue(ctx context.Context, store turn.Store, prod *kafka.Producer, topic,
 		}
 	}
 	log.Info("requeued pending turns", "turns", len(pending), "failed", failed)
+}
+
+// busConfig is the Kafka client configuration of the settings, for client id.
+func busConfig(cfg config, clientID string) kafka.Config {
+	return kafka.Config{
+		Brokers:        strings.Split(cfg.Kafka, ","),
+		ClientID:       clientID,
+		TopicPrefix:    cfg.KafkaPrefix,
+		SASL:           kafka.SASL{Mechanism: cfg.KafkaSASL, User: cfg.KafkaUser, Password: cfg.KafkaPass},
+		TLS:            cfg.KafkaTLS,
+		ProduceTimeout: cfg.KafkaTimeout,
+	}
 }
 
 // ensureTopics creates the gateway's topics, retrying while Kafka is unreachable, and

@@ -8,18 +8,22 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/agate-gw/agate"
+	"github.com/agate-gw/agate/bus"
 	"github.com/agate-gw/agate/httpapi"
 	"github.com/agate-gw/agate/tool"
 	"github.com/agate-gw/agate/tools"
 	"github.com/agate-gw/agate/turn"
+	"github.com/google/uuid"
 )
 
 // toolGate is the tools as the gateway offers them: the catalogue behind authorization
 // (OpenFGA tool#can_use) and policy (OPA tool.execute). It implements turn.Tools for the
 // turns and httpapi.Tools for GET /v1/tools and POST /v1/tool/request.
 type toolGate struct {
+	remote *remoteTools // nil without Kafka: kafka tools cannot run
 	reg    *tool.Registry
 	offer  []string // offered in turns
 	authz  httpapi.Authorizer
@@ -77,7 +81,7 @@ func (g *toolGate) Call(ctx context.Context, t agate.Turn, call agate.ToolCall) 
 	if err != nil {
 		return turn.ToolOutcome{Status: turn.ToolError, Text: "The tool could not be run: " + agate.ErrorMessage(err)}
 	}
-	return g.Run(ctx, agate.Principal{Tenant: t.Tenant, Subject: sess.Subject}, call)
+	return g.Run(context.WithValue(ctx, sessionKey{}, t.SessionID), agate.Principal{Tenant: t.Tenant, Subject: sess.Subject}, call)
 }
 
 // Run validates, authorizes and runs one call for p.
@@ -94,7 +98,10 @@ func (g *toolGate) Run(ctx context.Context, p agate.Principal, call agate.ToolCa
 		return turn.ToolOutcome{Status: turn.ToolBlocked, Text: why}
 	}
 	if spec.Target != tool.TargetInProcess {
-		return turn.ToolOutcome{Status: turn.ToolError, Text: fmt.Sprintf("The tool %q runs on executors, which this gateway does not reach.", spec.Name)}
+		if g.remote == nil {
+			return turn.ToolOutcome{Status: turn.ToolError, Text: fmt.Sprintf("The tool %q runs on executors, which this gateway does not reach.", spec.Name)}
+		}
+		return g.remote.run(ctx, p, spec, call)
 	}
 	res, err := g.reg.Run(ctx, call.Name, args)
 	if err != nil {
@@ -155,3 +162,47 @@ func (g *toolGate) Usable(ctx context.Context, p agate.Principal) []agate.Tool {
 	}
 	return out
 }
+
+// remoteTools sends calls of kafka tools to executors: a ToolRequest goes through the
+// outbox to tool.requests (relayed when Kafka is reachable), and the result comes back on
+// tool.results to the replica's Waiters.
+type remoteTools struct {
+	enqueue func(ctx context.Context, recs ...agate.OutboxRecord) error
+	poke    func()
+	waiters *bus.Waiters
+	log     *slog.Logger
+}
+
+func (rt *remoteTools) run(ctx context.Context, p agate.Principal, spec tool.Spec, call agate.ToolCall) turn.ToolOutcome {
+	id := uuid.New()
+	req := agate.ToolRequest{RequestID: id, Tenant: p.Tenant, ToolName: spec.Name, Args: json.RawMessage(call.Arguments),
+		Metadata: map[string]any{"call_id": call.ID}, Deadline: time.Now().Add(spec.Timeout).UTC()}
+	if sid, ok := ctx.Value(sessionKey{}).(uuid.UUID); ok {
+		req.SessionID = sid
+	}
+	payload, err := json.Marshal(req)
+	if err != nil {
+		return turn.ToolOutcome{Status: turn.ToolError, Text: "The tool call could not be encoded."}
+	}
+	wait, cancel := rt.waiters.Expect(id)
+	defer cancel()
+	if err := rt.enqueue(ctx, agate.OutboxRecord{Topic: agate.TopicToolRequests, Key: req.SessionID.String(), Payload: payload}); err != nil {
+		rt.log.Warn("enqueue a tool request", "tool", spec.Name, "err", err)
+		return turn.ToolOutcome{Status: turn.ToolError, Text: fmt.Sprintf("The tool %q could not be sent to its executors; try again later.", spec.Name)}
+	}
+	rt.poke()
+	wctx, stop := context.WithTimeout(ctx, spec.Timeout)
+	defer stop()
+	res, err := wait(wctx)
+	if err != nil {
+		return turn.ToolOutcome{Status: turn.ToolError, Text: fmt.Sprintf("The tool %q did not answer within %s.", spec.Name, spec.Timeout)}
+	}
+	status := turn.ToolOK
+	if res.Status != turn.ToolOK {
+		status = turn.ToolError
+	}
+	return turn.ToolOutcome{Status: status, Text: res.Text, Truncated: res.Truncated}
+}
+
+// sessionKey carries a turn's session id to remoteTools, for the request's key.
+type sessionKey struct{}

@@ -1,0 +1,120 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/agate-gw/agate"
+	"github.com/twmb/franz-go/pkg/kfake"
+)
+
+// TestToolsRunOnExecutors: a catalogue whose tools run on executors (target kafka); the
+// gateway sends a model's call through the outbox to tool.requests, an `agate executor`
+// process runs it and the result comes back into the turn. Then an executor stopped in the
+// middle of a call: the next executor runs it again, and the turn gets one result.
+func TestToolsRunOnExecutors(t *testing.T) {
+	dsn := freshPostgres(t)
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cluster.Close)
+
+	// A page that hangs on its first fetch until the test lets it go.
+	var fetches atomic.Int32
+	hang := make(chan struct{})
+	page := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if fetches.Add(1) == 1 {
+			select {
+			case <-hang:
+			case <-r.Context().Done():
+				return
+			}
+		}
+		w.Header().Set("Content-Type", "text/plain")
+		fmt.Fprint(w, "the page")
+	}))
+	t.Cleanup(func() { close(hang); page.Close() })
+
+	dir := t.TempDir()
+	write := func(name, spec string) {
+		if err := os.WriteFile(filepath.Join(dir, name+".json"), []byte(spec), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("echo", `{"name":"echo","description":"Echoes text.","target":"kafka","timeout":"20s",
+		"parameters":{"type":"object","properties":{"text":{"type":"string"}},"required":["text"],"additionalProperties":false}}`)
+	write("http_fetch", `{"name":"http_fetch","description":"GETs a page.","target":"kafka","timeout":"20s","risk":"low",
+		"parameters":{"type":"object","properties":{"url":{"type":"string"}},"required":["url"],"additionalProperties":false}}`)
+	host := strings.TrimPrefix(page.URL, "http://")
+	env := map[string]string{
+		"POSTGRES_DSN": dsn, "KAFKA_BOOTSTRAP_SERVERS": cluster.ListenAddrs()[0], "KAFKA_TIMEOUT": "2s",
+		"AGATE_TOOLS_DIR": dir, "AGATE_TURN_TOOLS": "echo,http_fetch", "AGATE_FETCH_ALLOW": host,
+	}
+	u := newUpstream(t)
+	g := start(t, withUpstream(u, env))
+	exec1 := startChild(t, "executor", env)
+
+	u.toolPlan.Store(&[]scriptedCall{{"echo", `{"text":"via an executor"}`}})
+	a := g.send(t, "", "echo it")
+	frames := g.subscribe(t, a.SessionID, "").untilFinal(t)
+	if final := frames[len(frames)-1].Data; final.Message != reply("tool said via an executor") {
+		t.Fatalf("final = %q %v", final.Message, final.Metadata)
+	}
+
+	// The executor is stopped while the page hangs; another one takes the request.
+	u.toolPlan.Store(&[]scriptedCall{{"http_fetch", `{"url":"` + page.URL + `/"}`}})
+	b := g.send(t, a.SessionID, "fetch it")
+	eventually(t, "the executor to fetch the page", 20e9, func() bool { return fetches.Load() == 1 })
+	if err := exec1.stop(); err != nil {
+		t.Fatalf("stop the executor: %v", err)
+	}
+	startChild(t, "executor", env)
+	s := g.subscribe(t, b.SessionID, frames[len(frames)-1].ID)
+	rest := s.untilFinal(t)
+	results := 0
+	for _, f := range rest {
+		if f.Event == agate.TypeToolResult {
+			results++
+			if f.Data.Metadata["status"] != "ok" || !strings.Contains(f.Data.Message, "the page") {
+				t.Errorf("tool result = %q %v", f.Data.Message, f.Data.Metadata)
+			}
+		}
+	}
+	if results != 1 {
+		t.Errorf("%d tool results in the turn, want 1", results)
+	}
+	if final := rest[len(rest)-1].Data; final.Metadata["status"] != agate.StatusOK || !strings.Contains(final.Message, "the page") {
+		t.Errorf("final = %q %v", final.Message, final.Metadata)
+	}
+	if n := fetches.Load(); n != 2 {
+		t.Errorf("the page was fetched %d times, want 2 (once by each executor)", n)
+	}
+	var page2 struct {
+		Events []agate.Event `json:"events"`
+	}
+	do(t, "GET", g.URL+"/v1/sessions/"+b.SessionID+"/events", "", nil).json(t, &page2)
+	stored := 0
+	for _, ev := range page2.Events {
+		if ev.Type == agate.TypeToolResult {
+			stored++
+		}
+	}
+	if stored != 2 { // echo's and http_fetch's
+		raw, _ := json.Marshal(page2.Events)
+		t.Errorf("%d tool results stored, want 2: %s", stored, raw)
+	}
+}
+
+// startChild runs `agate <cmd>` as a child process, ready once it printed its first line.
+func startChild(t *testing.T, cmd string, env map[string]string) *testGateway {
+	t.Helper()
+	return startProcess(t, overlay(env, map[string]string{envChild: cmd}))
+}
