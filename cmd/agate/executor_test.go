@@ -118,3 +118,37 @@ func startChild(t *testing.T, cmd string, env map[string]string) *testGateway {
 	t.Helper()
 	return startProcess(t, overlay(env, map[string]string{envChild: cmd}))
 }
+
+// TestToolWithoutExecutorTimesOut: nobody runs the request; the call ends at the tool's
+// timeout with an error result the model is told about, and the turn answers.
+func TestToolWithoutExecutorTimesOut(t *testing.T) {
+	dsn := freshPostgres(t)
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cluster.Close)
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "echo.json"), []byte(`{"name":"echo","description":"Echoes.","target":"kafka","timeout":"1s",
+		"parameters":{"type":"object","properties":{"text":{"type":"string"}}}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	u := newUpstream(t)
+	u.toolPlan.Store(&[]scriptedCall{{"echo", `{"text":"anyone?"}`}})
+	g := start(t, withUpstream(u, map[string]string{"POSTGRES_DSN": dsn, "KAFKA_BOOTSTRAP_SERVERS": cluster.ListenAddrs()[0],
+		"AGATE_TOOLS_DIR": dir, "AGATE_TURN_TOOLS": "echo"}))
+	a := g.send(t, "", "echo it")
+	frames := g.subscribe(t, a.SessionID, "").untilFinal(t)
+	var result *agate.Event
+	for i, f := range frames {
+		if f.Event == agate.TypeToolResult {
+			result = &frames[i].Data
+		}
+	}
+	if result == nil || result.Metadata["status"] != "error" || !strings.Contains(result.Message, "did not answer within 1s") {
+		t.Fatalf("tool result = %+v", result)
+	}
+	if final := frames[len(frames)-1].Data; final.Metadata["status"] != agate.StatusOK {
+		t.Errorf("final = %q %v", final.Message, final.Metadata)
+	}
+}
