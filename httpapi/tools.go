@@ -92,7 +92,7 @@ func (s *Server) handleToolRequest() http.Handler {
 			return
 		}
 		s.hub.Publish(started[0])
-		out := s.tools.Run(r.Context(), p, call)
+		out := s.tools.Run(ctx, p, call) // its tool.start is stored: it runs to its end
 		done, err := s.store.Append(ctx, nil, agate.Event{SessionID: id, Role: "tool", Type: agate.TypeToolResult, Message: out.Text,
 			Metadata: map[string]any{"tool": call.Name, "call_id": call.ID, "status": out.Status, "truncated": out.Truncated, "source": "tool.request"}})
 		if err != nil {

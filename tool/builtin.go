@@ -22,8 +22,8 @@ type BuiltinConfig struct {
 	// "example.com:8443" (that port only), "*.example.com" (any subdomain, not example.com
 	// itself; a port may follow), IP addresses ("10.0.0.7", "[::1]:8080"). Loopback,
 	// private, link-local, unspecified, multicast and other non-public addresses are refused,
-	// also when a host resolves to one, unless the host is listed exactly (not by a
-	// wildcard). Empty: http_fetch refuses everything.
+	// also when a host resolves to one (or is rebound to one), unless that IP address itself
+	// is listed exactly. Empty: http_fetch refuses everything.
 	FetchAllow []string
 	// FetchMaxBytes bounds the response body http_fetch returns; the rest is cut and marked.
 	// 0 means DefaultFetchMaxBytes.

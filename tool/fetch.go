@@ -150,7 +150,7 @@ func (f *fetcher) explain(ctx context.Context, err error) error {
 }
 
 // check refuses u unless it is an http(s) URL without credentials whose host is allowed and,
-// unless listed exactly, resolves only to public addresses.
+// unless it is an IP address listed exactly, resolves only to public addresses.
 func (f *fetcher) check(ctx context.Context, u *url.URL) error {
 	if f.allowErr != nil {
 		return refusef("http_fetch is misconfigured (%v); it cannot fetch anything", f.allowErr)
@@ -215,7 +215,7 @@ func (f *fetcher) resolve(ctx context.Context, host string) ([]netip.Addr, error
 
 // dial connects to addr ("host:port" of the request URL) after checking the host against
 // the allow list again; the Control function then refuses a non-public address unless the
-// host is listed exactly.
+// host is an IP address listed exactly.
 func (f *fetcher) dial(ctx context.Context, network, addr string) (net.Conn, error) {
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
@@ -388,7 +388,10 @@ func normalizeHost(h string) string {
 	return strings.TrimSuffix(strings.ToLower(h), ".")
 }
 
-// match reports whether host:port is allowed, and whether by an exact (non-wildcard) entry.
+// match reports whether host:port is allowed, and whether by an entry that lifts the
+// public-address rule: only an IP address listed exactly ("127.0.0.1:8080") does; a host
+// name, even listed exactly, may resolve (or be rebound) to any address, so its addresses
+// are checked.
 func match(rules []allowRule, host, port string) (exact, ok bool) {
 	host = normalizeHost(host)
 	for _, r := range rules {
@@ -397,7 +400,8 @@ func match(rules []allowRule, host, port string) (exact, ok bool) {
 		}
 		switch {
 		case !r.wildcard && host == r.host:
-			return true, true
+			_, err := netip.ParseAddr(host)
+			return err == nil, true
 		case r.wildcard && strings.HasSuffix(host, "."+r.host):
 			if _, err := netip.ParseAddr(host); err != nil {
 				ok = true

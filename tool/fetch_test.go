@@ -98,6 +98,8 @@ func TestFetchRefusesEverythingWhenNotConfigured(t *testing.T) {
 	}
 }
 
+// TestFetchOfLoopbackNeedsAnExactAllowEntry: only an IP address listed exactly may be a
+// non-public one.
 func TestFetchOfLoopbackNeedsAnExactAllowEntry(t *testing.T) {
 	s := newServer(t, textHandler("hello"))
 	local := names{"local.example.test": addrs("127.0.0.1")}
@@ -113,7 +115,9 @@ func TestFetchOfLoopbackNeedsAnExactAllowEntry(t *testing.T) {
 			`host "127.0.0.1:` + s.port() + `" is not in the http_fetch allow list`},
 		{"by an exact entry", []string{"127.0.0.1:" + s.port()}, s.URL, ""},
 		{"by an exact entry without a port", []string{"127.0.0.1"}, s.URL + "/page", ""},
-		{"by an exact name", []string{"LOCAL.example.test."}, "http://local.example.test:" + s.port() + "/", ""},
+		// A name may resolve or be rebound anywhere: listing it does not lift the rule.
+		{"by an exact name", []string{"LOCAL.example.test."}, "http://local.example.test:" + s.port() + "/",
+			`refusing "local.example.test": it resolves to 127.0.0.1, a loopback address`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -564,14 +564,15 @@ func (tr *turnRun) generate(ctx context.Context) (agate.Reply, error) {
 	var total agate.Usage
 	for round := 0; ; round++ {
 		if round == tr.cfg.MaxToolRounds {
-			// Enough tools: the model answers with what it has.
-			req.Tools, req.ToolChoice = nil, ""
+			// Enough tools: the model answers with what it has. The tools stay declared
+			// (providers refuse tool results without them), but may not be called.
+			req.ToolChoice = "none"
 		}
 		reply, err := tr.call(ctx, req)
 		total.PromptTokens += reply.Usage.PromptTokens
 		total.CompletionTokens += reply.Usage.CompletionTokens
 		total.TotalTokens += reply.Usage.TotalTokens
-		if err != nil || len(reply.ToolCalls) == 0 || len(req.Tools) == 0 {
+		if err != nil || len(reply.ToolCalls) == 0 || len(req.Tools) == 0 || req.ToolChoice == "none" {
 			if round > 0 {
 				reply.Usage = total
 				reply.Text = tr.text // what every round streamed, as the stream showed it
@@ -660,6 +661,11 @@ func (tr *turnRun) useTools(ctx context.Context, calls []agate.ToolCall) ([]Tool
 		})
 	}
 	wg.Wait()
+	if err := ctx.Err(); err != nil {
+		// Cancelled, withdrawn or shutting down: the calls were cut short, and their
+		// errors are not results; the turn ends (or runs again) without them.
+		return nil, err
+	}
 	results := make([]agate.Event, len(calls))
 	for i, c := range calls {
 		ev := tr.event(agate.TypeToolResult, outcomes[i].Text, map[string]any{
@@ -693,6 +699,9 @@ func used(req agate.ModelRequest, reply agate.Reply, streamed string) int64 {
 		return int64(reply.Usage.TotalTokens)
 	}
 	text := cmp.Or(reply.Text, streamed)
+	for _, c := range reply.ToolCalls {
+		text += c.Name + c.Arguments
+	}
 	if text == "" {
 		return 0
 	}

@@ -861,7 +861,8 @@ func TestToolCallsRunAndTheirResultsGoBackToTheModel(t *testing.T) {
 }
 
 // TestToolRoundsAreBounded: a model that keeps calling tools is asked, after
-// MaxToolRounds, to answer without them.
+// MaxToolRounds, to answer without calling them (they stay declared: providers refuse
+// tool results without tools).
 func TestToolRoundsAreBounded(t *testing.T) {
 	tools := &fakeTools{answers: map[string]turn.ToolOutcome{"lookup": {Status: turn.ToolOK, Text: "again"}}}
 	model := llmtest.New(llmtest.Call("c", "lookup", `{}`), llmtest.Call("c", "lookup", `{}`), llmtest.Text("done"))
@@ -872,8 +873,9 @@ func TestToolRoundsAreBounded(t *testing.T) {
 		t.Errorf("final = %q", final.Message)
 	}
 	reqs := model.Requests()
-	if len(reqs) != 3 || len(reqs[2].Tools) != 0 {
-		t.Errorf("%d requests, the last offering %d tools; want 3, the last none", len(reqs), len(reqs[len(reqs)-1].Tools))
+	if len(reqs) != 3 || reqs[2].ToolChoice != "none" || len(reqs[2].Tools) == 0 {
+		t.Errorf("%d requests, the last with tool choice %q and %d tools; want 3, the last forbidding calls but declaring the tools",
+			len(reqs), reqs[len(reqs)-1].ToolChoice, len(reqs[len(reqs)-1].Tools))
 	}
 }
 
@@ -884,4 +886,26 @@ func allStored(t *testing.T, r *rig, session uuid.UUID) []agate.Event {
 		t.Fatal(err)
 	}
 	return evs
+}
+
+// TestCancelDuringToolsStoresNoFalseResults: calls cut short by a cancel are not results.
+func TestCancelDuringToolsStoresNoFalseResults(t *testing.T) {
+	tools := &fakeTools{wait: 300 * time.Millisecond, answers: map[string]turn.ToolOutcome{"lookup": {Status: turn.ToolOK, Text: "late"}}}
+	r := newRig(t, llmtest.New(llmtest.Call("c1", "lookup", `{}`), llmtest.Text("never")), turn.Config{Tools: tools})
+	acc, sub := r.send(t, uuid.Nil, "go")
+	for ev := range sub.Events() {
+		if ev.Type == agate.TypeToolStart {
+			break
+		}
+	}
+	r.runner.Cancel(acc.Turn.SessionID)
+	evs := untilTerminal(t, sub)
+	if final := evs[len(evs)-1]; final.Metadata["status"] != agate.StatusCancelled {
+		t.Errorf("final = %v", final.Metadata)
+	}
+	for _, ev := range allStored(t, r, acc.Turn.SessionID) {
+		if ev.Type == agate.TypeToolResult {
+			t.Errorf("a tool result was stored after the cancel: %q", ev.Message)
+		}
+	}
 }

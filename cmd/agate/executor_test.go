@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/agate-gw/agate"
 	"github.com/twmb/franz-go/pkg/kfake"
@@ -150,5 +151,44 @@ func TestToolWithoutExecutorTimesOut(t *testing.T) {
 	}
 	if final := frames[len(frames)-1].Data; final.Metadata["status"] != agate.StatusOK {
 		t.Errorf("final = %q %v", final.Message, final.Metadata)
+	}
+}
+
+// TestExecutorRunsParallelCallsAtOnce: three calls of one model message, each taking 1s
+// against a 2.5s timeout, all answer: executors run them at once, not one after another.
+func TestExecutorRunsParallelCallsAtOnce(t *testing.T) {
+	dsn := freshPostgres(t)
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cluster.Close)
+	page := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-time.After(time.Second):
+		case <-r.Context().Done():
+			return
+		}
+		w.Header().Set("Content-Type", "text/plain")
+		fmt.Fprint(w, "slow page")
+	}))
+	t.Cleanup(page.Close)
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "http_fetch.json"), []byte(`{"name":"http_fetch","description":"GETs a page.",
+		"target":"kafka","timeout":"2500ms","risk":"low","parameters":{"type":"object","properties":{"url":{"type":"string"}},"required":["url"]}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{"POSTGRES_DSN": dsn, "KAFKA_BOOTSTRAP_SERVERS": cluster.ListenAddrs()[0],
+		"AGATE_TOOLS_DIR": dir, "AGATE_TURN_TOOLS": "http_fetch", "AGATE_FETCH_ALLOW": strings.TrimPrefix(page.URL, "http://")}
+	u := newUpstream(t)
+	call := scriptedCall{"http_fetch", `{"url":"` + page.URL + `/"}`}
+	u.toolPlan.Store(&[]scriptedCall{call, call, call})
+	g := start(t, withUpstream(u, env))
+	startChild(t, "executor", env)
+	a := g.send(t, "", "fetch three times")
+	for _, f := range g.subscribe(t, a.SessionID, "").untilFinal(t) {
+		if f.Event == agate.TypeToolResult && f.Data.Metadata["status"] != "ok" {
+			t.Errorf("tool result %q %v", f.Data.Message, f.Data.Metadata)
+		}
 	}
 }

@@ -10,8 +10,9 @@ import (
 )
 
 // TestTurnRunsToolCallsAndAnswers: a model that makes four calls at once (a good one,
-// one with invalid arguments, one of a tool the user may not use, one of no tool) gets
-// four results, in its order, then answers; the client sees every step, stored.
+// one with invalid arguments, one of a tool the user may not use, one of a tool not
+// offered) gets four results, in its order, then answers; the client sees every step,
+// stored.
 func TestTurnRunsToolCallsAndAnswers(t *testing.T) {
 	u := newUpstream(t)
 	u.toolPlan.Store(&[]scriptedCall{
@@ -20,7 +21,9 @@ func TestTurnRunsToolCallsAndAnswers(t *testing.T) {
 		{"http_fetch", `{"url":"https://example.com/"}`},
 		{"nosuch", `{}`},
 	})
-	g := start(t, withUpstream(u, map[string]string{"AGATE_TURN_TOOLS": "echo,timestamp"}))
+	// nosuch stands for any tool not offered: a model (or a prompt injected into it)
+	// cannot reach the rest of the catalogue.
+	g := start(t, withUpstream(u, map[string]string{"AGATE_TURN_TOOLS": "echo,timestamp,http_fetch"}))
 	a := g.send(t, "", "use your tools")
 	frames := g.subscribe(t, a.SessionID, "").untilFinal(t)
 
@@ -114,5 +117,19 @@ func TestToolRoutes(t *testing.T) {
 	}
 	if res := do(t, "POST", g.URL+"/v1/tool/request", `{"session_id":"`+a.SessionID+`"}`, nil); res.status != 400 {
 		t.Errorf("no tool named: %d, want 400", res.status)
+	}
+}
+
+// TestToolNotOfferedIsRefused: a catalogue tool that the turn does not offer cannot be
+// called (a prompt injected into the model may try).
+func TestToolNotOfferedIsRefused(t *testing.T) {
+	u := newUpstream(t)
+	u.toolPlan.Store(&[]scriptedCall{{"timestamp", `{}`}})
+	g := start(t, withUpstream(u, map[string]string{"AGATE_TURN_TOOLS": "echo"}))
+	a := g.send(t, "", "what time is it")
+	for _, f := range g.subscribe(t, a.SessionID, "").untilFinal(t) {
+		if f.Event == agate.TypeToolResult && (f.Data.Metadata["status"] != "error" || !strings.Contains(f.Data.Message, "no tool")) {
+			t.Errorf("timestamp, not offered: %q %v", f.Data.Message, f.Data.Metadata)
+		}
 	}
 }

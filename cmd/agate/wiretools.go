@@ -75,8 +75,13 @@ func (g *toolGate) Offer(context.Context, agate.Turn) []agate.Tool {
 	return g.reg.Specs(g.offer...)
 }
 
-// Call implements turn.Tools for a turn, on behalf of its session's owner.
+// Call implements turn.Tools for a turn, on behalf of its session's owner. Only the
+// tools offered may be called: a model (or a prompt injected into it) cannot reach the
+// rest of the catalogue.
 func (g *toolGate) Call(ctx context.Context, t agate.Turn, call agate.ToolCall) turn.ToolOutcome {
+	if !slices.Contains(g.offer, call.Name) {
+		return turn.ToolOutcome{Status: turn.ToolError, Text: fmt.Sprintf("There is no tool %q here. The tools are: %s.", call.Name, strings.Join(g.offer, ", "))}
+	}
 	sess, err := g.store.Session(ctx, t.Tenant, t.SessionID)
 	if err != nil {
 		return turn.ToolOutcome{Status: turn.ToolError, Text: "The tool could not be run: " + agate.ErrorMessage(err)}
@@ -186,7 +191,8 @@ func (rt *remoteTools) run(ctx context.Context, p agate.Principal, spec tool.Spe
 	}
 	wait, cancel := rt.waiters.Expect(id)
 	defer cancel()
-	if err := rt.enqueue(ctx, agate.OutboxRecord{Topic: agate.TopicToolRequests, Key: req.SessionID.String(), Payload: payload}); err != nil {
+	// Keyed by the call, not the session: a model's parallel calls spread over partitions.
+	if err := rt.enqueue(ctx, agate.OutboxRecord{Topic: agate.TopicToolRequests, Key: id.String(), Payload: payload}); err != nil {
 		rt.log.Warn("enqueue a tool request", "tool", spec.Name, "err", err)
 		return turn.ToolOutcome{Status: turn.ToolError, Text: fmt.Sprintf("The tool %q could not be sent to its executors; try again later.", spec.Name)}
 	}
@@ -194,7 +200,10 @@ func (rt *remoteTools) run(ctx context.Context, p agate.Principal, spec tool.Spe
 	wctx, stop := context.WithTimeout(ctx, spec.Timeout)
 	defer stop()
 	res, err := wait(wctx)
-	if err != nil {
+	switch {
+	case ctx.Err() != nil:
+		return turn.ToolOutcome{Status: turn.ToolError, Text: "The call was cancelled."} // the turn ends without it
+	case err != nil:
 		return turn.ToolOutcome{Status: turn.ToolError, Text: fmt.Sprintf("The tool %q did not answer within %s.", spec.Name, spec.Timeout)}
 	}
 	status := turn.ToolOK
