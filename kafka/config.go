@@ -73,7 +73,11 @@ type Config struct {
 	TLS                   bool // dial brokers with TLS (system roots)
 	TLSInsecureSkipVerify bool // with TLS: do not verify the broker's certificate (tests only)
 
-	DialTimeout    time.Duration // per connection attempt; default DefaultDialTimeout
+	DialTimeout time.Duration // per connection attempt; default DefaultDialTimeout
+	// SessionTimeout is how long a group member may go silent before the group gives its
+	// partitions to the others (a process killed without leaving); 0: the client's
+	// default (45s). Heartbeats go every tenth of it.
+	SessionTimeout time.Duration
 	ProduceTimeout time.Duration // deadline of one Publish; default DefaultProduceTimeout
 
 	// HandleAttempts is how many times a consumer calls its handler for one record whose handler
@@ -160,6 +164,9 @@ func (c Config) clientOpts() ([]kgo.Opt, error) {
 		opts = append(opts, kgo.SASL(scram.Auth{User: c.SASL.User, Pass: c.SASL.Password}.AsSha512Mechanism()))
 	default:
 		return nil, fmt.Errorf("kafka: unknown SASL mechanism %q (want plain, scram-sha-256 or scram-sha-512)", c.SASL.Mechanism)
+	}
+	if c.SessionTimeout > 0 {
+		opts = append(opts, kgo.SessionTimeout(c.SessionTimeout), kgo.HeartbeatInterval(max(c.SessionTimeout/10, 100*time.Millisecond)))
 	}
 	return append(opts, c.extra...), nil
 }

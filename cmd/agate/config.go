@@ -85,6 +85,7 @@ type config struct {
 	KafkaUser     string        `env:"KAFKA_SASL_USERNAME" help:"SASL user"`
 	KafkaPass     string        `env:"KAFKA_SASL_PASSWORD" secret:"true" help:"SASL password"`
 	KafkaTLS      bool          `env:"KAFKA_TLS" default:"false" help:"connect to the brokers with TLS"`
+	KafkaSession  time.Duration `env:"KAFKA_SESSION_TIMEOUT" default:"45s" help:"how long a replica or executor may go silent (killed) before the others take its partitions"`
 	KafkaTimeout  time.Duration `env:"KAFKA_TIMEOUT" default:"10s" help:"longest one publish to Kafka may take before it counts as failed and is retried"`
 }
 

@@ -192,3 +192,57 @@ func TestExecutorRunsParallelCallsAtOnce(t *testing.T) {
 		}
 	}
 }
+
+// TestExecutorKilledMidCall: an executor killed (SIGKILL, no goodbye) in the middle of a
+// call; once the group notices (KAFKA_SESSION_TIMEOUT), another executor runs the call
+// again and the turn gets exactly one result.
+func TestExecutorKilledMidCall(t *testing.T) {
+	dsn := freshPostgres(t)
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cluster.Close)
+	var fetches atomic.Int32
+	hang := make(chan struct{})
+	page := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if fetches.Add(1) == 1 {
+			select {
+			case <-hang:
+			case <-r.Context().Done():
+				return
+			}
+		}
+		w.Header().Set("Content-Type", "text/plain")
+		fmt.Fprint(w, "the page")
+	}))
+	t.Cleanup(func() { close(hang); page.Close() })
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "http_fetch.json"), []byte(`{"name":"http_fetch","description":"GETs a page.",
+		"target":"kafka","timeout":"40s","risk":"low","parameters":{"type":"object","properties":{"url":{"type":"string"}},"required":["url"]}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{"POSTGRES_DSN": dsn, "KAFKA_BOOTSTRAP_SERVERS": cluster.ListenAddrs()[0], "KAFKA_SESSION_TIMEOUT": "6s",
+		"AGATE_TOOLS_DIR": dir, "AGATE_TURN_TOOLS": "http_fetch", "AGATE_FETCH_ALLOW": strings.TrimPrefix(page.URL, "http://")}
+	u := newUpstream(t)
+	u.toolPlan.Store(&[]scriptedCall{{"http_fetch", `{"url":"` + page.URL + `/"}`}})
+	g := start(t, withUpstream(u, env))
+	exec1 := startChild(t, "executor", env)
+	a := g.send(t, "", "fetch it")
+	eventually(t, "the executor to fetch the page", 20*time.Second, func() bool { return fetches.Load() == 1 })
+	exec1.kill()
+	startChild(t, "executor", env)
+	results := 0
+	frames := g.subscribe(t, a.SessionID, "").untilFinal(t)
+	for _, f := range frames {
+		if f.Event == agate.TypeToolResult {
+			results++
+			if f.Data.Metadata["status"] != "ok" || !strings.Contains(f.Data.Message, "the page") {
+				t.Errorf("tool result = %q %v", f.Data.Message, f.Data.Metadata)
+			}
+		}
+	}
+	if results != 1 || fetches.Load() != 2 {
+		t.Errorf("%d results in the turn (want 1), %d fetches (want 2)", results, fetches.Load())
+	}
+}

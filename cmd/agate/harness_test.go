@@ -20,6 +20,7 @@ type testGateway struct {
 	URL  string
 	logs *lockedBuffer // what run wrote to stderr
 	stop func() error  // shuts it down and returns run's error
+	kill func()        // for a child process: SIGKILL, no goodbye
 }
 
 // lockedBuffer is a bytes.Buffer safe for one writer and concurrent readers.

@@ -74,6 +74,11 @@ func startProcess(t *testing.T, env map[string]string) *testGateway {
 	go func() { done <- cmd.Wait() }()
 	g := &testGateway{URL: strings.TrimSpace(strings.TrimPrefix(line, "agate listening on ")), logs: logs}
 	stopped := false
+	g.kill = func() {
+		stopped = true
+		cmd.Process.Kill()
+		<-done
+	}
 	g.stop = func() error {
 		if stopped {
 			return nil

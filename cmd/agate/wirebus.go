@@ -158,6 +158,7 @@ func busConfig(cfg config, clientID string) kafka.Config {
 		SASL:           kafka.SASL{Mechanism: cfg.KafkaSASL, User: cfg.KafkaUser, Password: cfg.KafkaPass},
 		TLS:            cfg.KafkaTLS,
 		ProduceTimeout: cfg.KafkaTimeout,
+		SessionTimeout: cfg.KafkaSession,
 	}
 }
 
