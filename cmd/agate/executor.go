@@ -48,8 +48,9 @@ func executor(ctx context.Context, cfg config, log *slog.Logger, stdout io.Write
 			done(kafka.Poison(fmt.Errorf("not a tool request: %v", err)))
 			return
 		}
+		trace := r.Headers["traceparent"]
 		if !req.Deadline.IsZero() && time.Now().After(req.Deadline) {
-			log.Info("tool request past its deadline; nobody waits for it", "tool", req.ToolName, "request_id", req.RequestID)
+			log.Info("tool request past its deadline; nobody waits for it", "tool", req.ToolName, "request_id", req.RequestID, "traceparent", trace)
 			done(nil)
 			return
 		}
@@ -73,7 +74,7 @@ func executor(ctx context.Context, cfg config, log *slog.Logger, stdout io.Write
 					out.Status = turn.ToolError
 				}
 			}
-			done(publishResult(context.WithoutCancel(ctx), prod, results, out, log))
+			done(publishResult(context.WithoutCancel(ctx), prod, results, out, trace, log))
 		}()
 	}
 	c, err := kafka.NewAsyncConsumer(kcfg, cfg.ExecutorGroup, []string{requests}, handle, prod, log)
@@ -88,9 +89,12 @@ func executor(ctx context.Context, cfg config, log *slog.Logger, stdout io.Write
 
 // publishResult publishes a tool's result, trying again a few times: the tool ran, and is
 // not run again for a publish that failed once.
-func publishResult(ctx context.Context, prod *kafka.Producer, topic string, out agate.ToolResult, log *slog.Logger) error {
+func publishResult(ctx context.Context, prod *kafka.Producer, topic string, out agate.ToolResult, traceparent string, log *slog.Logger) error {
 	value, _ := json.Marshal(out) // a ToolResult always encodes
 	rec := kafka.Record{Topic: topic, Key: []byte(out.RequestID.String()), Value: value}
+	if traceparent != "" {
+		rec.Headers = map[string]string{"traceparent": traceparent} // the result belongs to the call's trace
+	}
 	var err error
 	for attempt, wait := 0, 200*time.Millisecond; attempt < 5; attempt, wait = attempt+1, 2*wait {
 		if err = prod.Publish(ctx, rec); err == nil {

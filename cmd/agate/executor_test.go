@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/agate-gw/agate"
 	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
 )
 
 // TestToolsRunOnExecutors: a catalogue whose tools run on executors (target kafka); the
@@ -190,6 +192,36 @@ func TestExecutorRunsParallelCallsAtOnce(t *testing.T) {
 		if f.Event == agate.TypeToolResult && f.Data.Metadata["status"] != "ok" {
 			t.Errorf("tool result %q %v", f.Data.Message, f.Data.Metadata)
 		}
+	}
+
+	// W3C trace context: the turn is the trace, each call a span, on requests and results.
+	cl, err := kgo.NewClient(kgo.SeedBrokers(cluster.ListenAddrs()...),
+		kgo.ConsumeTopics(agate.TopicToolRequests, agate.TopicToolResults), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	trace := "00-" + strings.ReplaceAll(a.EventID, "-", "") + "-"
+	seen := map[string]int{}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for seen[agate.TopicToolRequests] < 3 || seen[agate.TopicToolResults] < 3 {
+		fetches := cl.PollFetches(ctx)
+		if ctx.Err() != nil {
+			t.Fatalf("records seen: %v", seen)
+		}
+		fetches.EachRecord(func(r *kgo.Record) {
+			seen[r.Topic]++
+			var tp string
+			for _, h := range r.Headers {
+				if h.Key == "traceparent" {
+					tp = string(h.Value)
+				}
+			}
+			if !strings.HasPrefix(tp, trace) || len(tp) != 55 {
+				t.Errorf("%s record traceparent %q, want the turn's trace %s…", r.Topic, tp, trace)
+			}
+		})
 	}
 }
 

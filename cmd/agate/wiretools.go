@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"log/slog"
@@ -86,7 +87,9 @@ func (g *toolGate) Call(ctx context.Context, t agate.Turn, call agate.ToolCall) 
 	if err != nil {
 		return turn.ToolOutcome{Status: turn.ToolError, Text: "The tool could not be run: " + agate.ErrorMessage(err)}
 	}
-	return g.Run(context.WithValue(ctx, sessionKey{}, t.SessionID), agate.Principal{Tenant: t.Tenant, Subject: sess.Subject}, call)
+	ctx = context.WithValue(ctx, sessionKey{}, t.SessionID)
+	ctx = context.WithValue(ctx, traceKey{}, t.ID)
+	return g.Run(ctx, agate.Principal{Tenant: t.Tenant, Subject: sess.Subject}, call)
 }
 
 // Run validates, authorizes and runs one call for p.
@@ -192,7 +195,14 @@ func (rt *remoteTools) run(ctx context.Context, p agate.Principal, spec tool.Spe
 	wait, cancel := rt.waiters.Expect(id)
 	defer cancel()
 	// Keyed by the call, not the session: a model's parallel calls spread over partitions.
-	if err := rt.enqueue(ctx, agate.OutboxRecord{Topic: agate.TopicToolRequests, Key: id.String(), Payload: payload}); err != nil {
+	// The W3C trace context names the turn (trace) and the call (span), for the executor's
+	// logs and its result.
+	trace, _ := ctx.Value(traceKey{}).(uuid.UUID)
+	if trace == uuid.Nil {
+		trace = uuid.New()
+	}
+	headers := map[string]string{"traceparent": "00-" + hex.EncodeToString(trace[:]) + "-" + hex.EncodeToString(id[:8]) + "-01"}
+	if err := rt.enqueue(ctx, agate.OutboxRecord{Topic: agate.TopicToolRequests, Key: id.String(), Payload: payload, Headers: headers}); err != nil {
 		rt.log.Warn("enqueue a tool request", "tool", spec.Name, "err", err)
 		return turn.ToolOutcome{Status: turn.ToolError, Text: fmt.Sprintf("The tool %q could not be sent to its executors; try again later.", spec.Name)}
 	}
@@ -213,5 +223,9 @@ func (rt *remoteTools) run(ctx context.Context, p agate.Principal, spec tool.Spe
 	return turn.ToolOutcome{Status: status, Text: res.Text, Truncated: res.Truncated}
 }
 
-// sessionKey carries a turn's session id to remoteTools, for the request's key.
-type sessionKey struct{}
+// sessionKey and traceKey carry a turn's session id and turn id to remoteTools, for the
+// request.
+type (
+	sessionKey struct{}
+	traceKey   struct{}
+)
