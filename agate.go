@@ -372,3 +372,27 @@ type ToolResult struct {
 	Text      string    `json:"text"`
 	Truncated bool      `json:"truncated,omitempty"`
 }
+
+// DispatchOf returns the outbox record of the tool request a tool.start event carries in
+// its metadata "request" (a ToolRequest, for executors): topic TopicToolRequests, key the
+// request id, headers "traceparent" when the metadata has one. A store with its bus on
+// writes it in the transaction that stores the event, so a call sent to executors leaves
+// exactly when its start is recorded.
+func DispatchOf(ev Event) (OutboxRecord, bool) {
+	if ev.Type != TypeToolStart || ev.Metadata["request"] == nil {
+		return OutboxRecord{}, false
+	}
+	payload, err := json.Marshal(ev.Metadata["request"])
+	if err != nil {
+		return OutboxRecord{}, false
+	}
+	var req ToolRequest
+	if json.Unmarshal(payload, &req) != nil || req.RequestID == uuid.Nil {
+		return OutboxRecord{}, false
+	}
+	rec := OutboxRecord{Topic: TopicToolRequests, Key: req.RequestID.String(), Payload: payload, Headers: map[string]string{}}
+	if tp, ok := ev.Metadata["traceparent"].(string); ok && tp != "" {
+		rec.Headers["traceparent"] = tp
+	}
+	return rec, true
+}

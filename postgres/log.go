@@ -260,12 +260,15 @@ func (s *Store) Append(ctx context.Context, done *agate.Turn, events ...agate.Ev
 				return err
 			}
 			next.Queue(qInsertEvent, ev.SessionID, ev.Seq, ev.EventID, ev.Type, ev.Role, payload, ev.CreatedAt)
-			if s.bus {
-				next.Queue(qInsertOutbox, agate.TopicOutbound, ev.SessionID.String(), payload, s.headers)
-			}
 			saved, err := decodeEvent(payload)
 			if err != nil {
 				return err
+			}
+			if s.bus {
+				next.Queue(qInsertOutbox, agate.TopicOutbound, ev.SessionID.String(), payload, s.headers)
+				if rec, ok := agate.DispatchOf(saved); ok { // a tool call for executors leaves with its start
+					next.Queue(qInsertOutbox, rec.Topic, rec.Key, rec.Payload, mergeHeaders(s.headers, rec.Headers))
+				}
 			}
 			stored = append(stored, saved)
 			finished = finished || (done != nil && agate.Terminal(ev.Type))
@@ -397,4 +400,15 @@ func decodeEvent(payload []byte) (agate.Event, error) {
 		ev.Metadata = map[string]any{}
 	}
 	return ev, nil
+}
+
+// mergeHeaders returns the JSON headers of base (a JSON object) with extra added.
+func mergeHeaders(base string, extra map[string]string) string {
+	h := map[string]string{}
+	_ = json.Unmarshal([]byte(base), &h)
+	for k, v := range extra {
+		h[k] = v
+	}
+	b, _ := json.Marshal(h) // a map of strings always encodes
+	return string(b)
 }

@@ -212,6 +212,11 @@ func (s *Store) Append(ctx context.Context, done *agate.Turn, events ...agate.Ev
 				if err := s.toOutbox(ctx, tx, agate.TopicOutbound, ev.SessionID, payload, ev.CreatedAt); err != nil {
 					return err
 				}
+				if rec, ok := agate.DispatchOf(saved); ok { // a tool call for executors leaves with its start
+					if _, err := tx.exec(ctx, qInsertOutbox, rec.Topic, rec.Key, string(rec.Payload), mergeHeaders(s.headers, rec.Headers), nanos(ev.CreatedAt)); err != nil {
+						return err
+					}
+				}
 			}
 			stored = append(stored, saved)
 			finished = finished || (done != nil && agate.Terminal(ev.Type))
@@ -358,4 +363,15 @@ func decodeEvent(payload string) (agate.Event, error) {
 		ev.Metadata = map[string]any{}
 	}
 	return ev, nil
+}
+
+// mergeHeaders returns the JSON headers of base (a JSON object) with extra added.
+func mergeHeaders(base string, extra map[string]string) string {
+	h := map[string]string{}
+	_ = json.Unmarshal([]byte(base), &h)
+	for k, v := range extra {
+		h[k] = v
+	}
+	b, _ := json.Marshal(h) // a map of strings always encodes
+	return string(b)
 }

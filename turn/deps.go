@@ -164,14 +164,32 @@ type ToolOutcome struct {
 	Truncated bool // Text was cut to the result size limit
 }
 
+// ToolPlan is how a call will run, decided before its tool.start event is stored.
+type ToolPlan struct {
+	// Outcome, when set, answers the call without running it (invalid arguments, an
+	// unknown tool, a refusal).
+	Outcome *ToolOutcome
+	// Request, when set, goes to executors with the tool.start event: the store sends it
+	// through the outbox in the transaction that records the start (agate.DispatchOf);
+	// Traceparent goes with it.
+	Request     *agate.ToolRequest
+	Traceparent string
+	// Ticket is what Plan keeps for Call (a result to wait for); Release, if not nil, frees
+	// it, whatever happens to the call.
+	Ticket  any
+	Release func()
+}
+
 // Tools runs the tools a model may call: the catalogue (tool.Registry) behind
 // authorization and policy.
 type Tools interface {
 	// Offer returns the tools offered to the model in t's turns.
 	Offer(ctx context.Context, t agate.Turn) []agate.Tool
-	// Call validates and runs one call for t. It does not fail: every outcome, a refusal
-	// or a timeout included, is a ToolOutcome.
-	Call(ctx context.Context, t agate.Turn, call agate.ToolCall) ToolOutcome
+	// Plan validates and authorizes one call for t and says how it runs.
+	Plan(ctx context.Context, t agate.Turn, call agate.ToolCall) ToolPlan
+	// Call runs a planned call (one without Outcome) after its tool.start is stored. It
+	// does not fail: every outcome, a timeout included, is a ToolOutcome.
+	Call(ctx context.Context, t agate.Turn, call agate.ToolCall, plan ToolPlan) ToolOutcome
 }
 
 // Publisher fans events out to the session's live subscribers. Publish must not block on

@@ -635,9 +635,20 @@ func (tr *turnRun) call(ctx context.Context, req agate.ModelRequest) (agate.Repl
 // most Config.ToolParallel), then a tool.result event for each, in the model's order. It
 // fails only when the events cannot be stored.
 func (tr *turnRun) useTools(ctx context.Context, calls []agate.ToolCall) ([]ToolOutcome, error) {
+	plans := make([]ToolPlan, len(calls))
+	for i, c := range calls {
+		plans[i] = tr.cfg.Tools.Plan(ctx, tr.t, c)
+		if plans[i].Release != nil {
+			defer plans[i].Release()
+		}
+	}
 	starts := make([]agate.Event, len(calls))
 	for i, c := range calls {
-		ev := tr.event(agate.TypeToolStart, "", map[string]any{"tool": c.Name, "call_id": c.ID, "arguments": c.Arguments})
+		meta := map[string]any{"tool": c.Name, "call_id": c.ID, "arguments": c.Arguments}
+		if r := plans[i].Request; r != nil {
+			meta["request"], meta["traceparent"] = r, plans[i].Traceparent // leaves for executors with the start
+		}
+		ev := tr.event(agate.TypeToolStart, "", meta)
 		ev.Role = "tool"
 		starts[i] = ev
 	}
@@ -657,7 +668,11 @@ func (tr *turnRun) useTools(ctx context.Context, calls []agate.ToolCall) ([]Tool
 					outcomes[i] = ToolOutcome{Status: ToolError, Text: "The tool failed with an internal error."}
 				}
 			}()
-			outcomes[i] = tr.cfg.Tools.Call(ctx, tr.t, c)
+			if o := plans[i].Outcome; o != nil {
+				outcomes[i] = *o
+				return
+			}
+			outcomes[i] = tr.cfg.Tools.Call(ctx, tr.t, c, plans[i])
 		})
 	}
 	wg.Wait()

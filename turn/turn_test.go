@@ -792,7 +792,11 @@ func (f *fakeTools) Offer(context.Context, agate.Turn) []agate.Tool {
 	return []agate.Tool{{Name: "lookup"}, {Name: "clock"}}
 }
 
-func (f *fakeTools) Call(_ context.Context, _ agate.Turn, c agate.ToolCall) turn.ToolOutcome {
+func (f *fakeTools) Plan(context.Context, agate.Turn, agate.ToolCall) turn.ToolPlan {
+	return turn.ToolPlan{}
+}
+
+func (f *fakeTools) Call(_ context.Context, _ agate.Turn, c agate.ToolCall, _ turn.ToolPlan) turn.ToolOutcome {
 	f.mu.Lock()
 	f.running++
 	f.most = max(f.most, f.running)

@@ -76,42 +76,83 @@ func (g *toolGate) Offer(context.Context, agate.Turn) []agate.Tool {
 	return g.reg.Specs(g.offer...)
 }
 
-// Call implements turn.Tools for a turn, on behalf of its session's owner. Only the
+// Plan implements turn.Tools for a turn, on behalf of its session's owner. Only the
 // tools offered may be called: a model (or a prompt injected into it) cannot reach the
-// rest of the catalogue.
-func (g *toolGate) Call(ctx context.Context, t agate.Turn, call agate.ToolCall) turn.ToolOutcome {
+// rest of the catalogue. A call for executors gets its request, which the store sends
+// with the call's tool.start event.
+func (g *toolGate) Plan(ctx context.Context, t agate.Turn, call agate.ToolCall) turn.ToolPlan {
 	if !slices.Contains(g.offer, call.Name) {
-		return turn.ToolOutcome{Status: turn.ToolError, Text: fmt.Sprintf("There is no tool %q here. The tools are: %s.", call.Name, strings.Join(g.offer, ", "))}
+		return answer(turn.ToolError, fmt.Sprintf("There is no tool %q here. The tools are: %s.", call.Name, strings.Join(g.offer, ", ")))
 	}
 	sess, err := g.store.Session(ctx, t.Tenant, t.SessionID)
 	if err != nil {
-		return turn.ToolOutcome{Status: turn.ToolError, Text: "The tool could not be run: " + agate.ErrorMessage(err)}
+		return answer(turn.ToolError, "The tool could not be run: "+agate.ErrorMessage(err))
 	}
-	ctx = context.WithValue(ctx, sessionKey{}, t.SessionID)
-	ctx = context.WithValue(ctx, traceKey{}, t.ID)
-	return g.Run(ctx, agate.Principal{Tenant: t.Tenant, Subject: sess.Subject}, call)
+	p := agate.Principal{Tenant: t.Tenant, Subject: sess.Subject}
+	spec, out := g.admit(ctx, p, call)
+	switch {
+	case out != nil:
+		return turn.ToolPlan{Outcome: out}
+	case spec.Target == tool.TargetInProcess:
+		return turn.ToolPlan{}
+	case g.remote == nil:
+		return answer(turn.ToolError, fmt.Sprintf("The tool %q runs on executors, which this gateway does not reach.", spec.Name))
+	}
+	req, traceparent, tk, release := g.remote.prepare(p, spec, call, t.SessionID, t.ID)
+	return turn.ToolPlan{Request: &req, Traceparent: traceparent, Ticket: tk, Release: release}
 }
 
-// Run validates, authorizes and runs one call for p.
+// Call implements turn.Tools: it runs an in-process call, or waits for the executors'
+// answer to a request that left with the call's tool.start.
+func (g *toolGate) Call(ctx context.Context, _ agate.Turn, call agate.ToolCall, plan turn.ToolPlan) turn.ToolOutcome {
+	if tk, ok := plan.Ticket.(ticket); ok {
+		return g.remote.await(ctx, tk)
+	}
+	return g.runHere(ctx, call)
+}
+
+// Run validates, authorizes and runs one call for p (POST /v1/tool/request). A call for
+// executors goes through the outbox on its own.
 func (g *toolGate) Run(ctx context.Context, p agate.Principal, call agate.ToolCall) turn.ToolOutcome {
+	spec, out := g.admit(ctx, p, call)
+	switch {
+	case out != nil:
+		return *out
+	case spec.Target == tool.TargetInProcess:
+		return g.runHere(ctx, call)
+	case g.remote == nil:
+		return turn.ToolOutcome{Status: turn.ToolError, Text: fmt.Sprintf("The tool %q runs on executors, which this gateway does not reach.", spec.Name)}
+	}
+	req, traceparent, tk, release := g.remote.prepare(p, spec, call, uuid.Nil, uuid.Nil)
+	defer release()
+	if err := g.remote.send(ctx, req, traceparent); err != nil {
+		return turn.ToolOutcome{Status: turn.ToolError, Text: fmt.Sprintf("The tool %q could not be sent to its executors; try again later.", spec.Name)}
+	}
+	return g.remote.await(ctx, tk)
+}
+
+// admit validates and authorizes a call: the tool's spec, or the outcome that answers it
+// without running it.
+func (g *toolGate) admit(ctx context.Context, p agate.Principal, call agate.ToolCall) (tool.Spec, *turn.ToolOutcome) {
 	spec, ok := g.reg.Get(call.Name)
 	if !ok {
-		return turn.ToolOutcome{Status: turn.ToolError, Text: fmt.Sprintf("There is no tool %q. The tools are: %s.", call.Name, strings.Join(g.reg.Names(), ", "))}
+		o := turn.ToolOutcome{Status: turn.ToolError, Text: fmt.Sprintf("There is no tool %q. The tools are: %s.", call.Name, strings.Join(g.reg.Names(), ", "))}
+		return spec, &o
 	}
-	args := json.RawMessage(call.Arguments)
-	if err := g.reg.Validate(call.Name, args); err != nil {
-		return turn.ToolOutcome{Status: turn.ToolError, Text: agate.ErrorMessage(err)}
+	if err := g.reg.Validate(call.Name, json.RawMessage(call.Arguments)); err != nil {
+		o := turn.ToolOutcome{Status: turn.ToolError, Text: agate.ErrorMessage(err)}
+		return spec, &o
 	}
 	if why := g.refusal(ctx, p, spec); why != "" {
-		return turn.ToolOutcome{Status: turn.ToolBlocked, Text: why}
+		o := turn.ToolOutcome{Status: turn.ToolBlocked, Text: why}
+		return spec, &o
 	}
-	if spec.Target != tool.TargetInProcess {
-		if g.remote == nil {
-			return turn.ToolOutcome{Status: turn.ToolError, Text: fmt.Sprintf("The tool %q runs on executors, which this gateway does not reach.", spec.Name)}
-		}
-		return g.remote.run(ctx, p, spec, call)
-	}
-	res, err := g.reg.Run(ctx, call.Name, args)
+	return spec, nil
+}
+
+// runHere runs an in-process tool.
+func (g *toolGate) runHere(ctx context.Context, call agate.ToolCall) turn.ToolOutcome {
+	res, err := g.reg.Run(ctx, call.Name, json.RawMessage(call.Arguments))
 	if err != nil {
 		return turn.ToolOutcome{Status: turn.ToolError, Text: agate.ErrorMessage(err)}
 	}
@@ -120,6 +161,10 @@ func (g *toolGate) Run(ctx context.Context, p agate.Principal, call agate.ToolCa
 		status = turn.ToolError
 	}
 	return turn.ToolOutcome{Status: status, Text: res.Text, Truncated: res.Truncated}
+}
+
+func answer(status, text string) turn.ToolPlan {
+	return turn.ToolPlan{Outcome: &turn.ToolOutcome{Status: status, Text: text}}
 }
 
 // refusal says why p may not use spec, or "" if it may. A low-risk tool is every member's
@@ -172,8 +217,9 @@ func (g *toolGate) Usable(ctx context.Context, p agate.Principal) []agate.Tool {
 }
 
 // remoteTools sends calls of kafka tools to executors: a ToolRequest goes through the
-// outbox to tool.requests (relayed when Kafka is reachable), and the result comes back on
-// tool.results to the replica's Waiters.
+// outbox to tool.requests (relayed when Kafka is reachable) — for a turn, with the call's
+// tool.start event, in its transaction — and the result comes back on tool.results to the
+// replica's Waiters.
 type remoteTools struct {
 	enqueue func(ctx context.Context, recs ...agate.OutboxRecord) error
 	poke    func()
@@ -181,40 +227,55 @@ type remoteTools struct {
 	log     *slog.Logger
 }
 
-func (rt *remoteTools) run(ctx context.Context, p agate.Principal, spec tool.Spec, call agate.ToolCall) turn.ToolOutcome {
+// ticket is a call sent to executors, waiting for its result.
+type ticket struct {
+	spec tool.Spec
+	wait func(ctx context.Context) (agate.ToolResult, error)
+}
+
+// prepare makes the request of a call and expects its result. The W3C trace context
+// names the turn (trace; random without one) and the call (span).
+func (rt *remoteTools) prepare(p agate.Principal, spec tool.Spec, call agate.ToolCall, session, turnID uuid.UUID) (agate.ToolRequest, string, ticket, func()) {
 	id := uuid.New()
-	req := agate.ToolRequest{RequestID: id, Tenant: p.Tenant, ToolName: spec.Name, Args: json.RawMessage(call.Arguments),
-		Metadata: map[string]any{"call_id": call.ID}, Deadline: time.Now().Add(spec.Timeout).UTC()}
-	if sid, ok := ctx.Value(sessionKey{}).(uuid.UUID); ok {
-		req.SessionID = sid
+	req := agate.ToolRequest{RequestID: id, SessionID: session, Tenant: p.Tenant, ToolName: spec.Name,
+		Args: json.RawMessage(call.Arguments), Metadata: map[string]any{"call_id": call.ID},
+		Deadline: time.Now().Add(spec.Timeout).UTC()}
+	if turnID == uuid.Nil {
+		turnID = uuid.New()
 	}
+	traceparent := "00-" + hex.EncodeToString(turnID[:]) + "-" + hex.EncodeToString(id[:8]) + "-01"
+	wait, cancel := rt.waiters.Expect(id)
+	rt.poke() // the request is about to be stored
+	return req, traceparent, ticket{spec: spec, wait: wait}, cancel
+}
+
+// send writes a request to the outbox on its own (for calls that are not a turn's).
+func (rt *remoteTools) send(ctx context.Context, req agate.ToolRequest, traceparent string) error {
 	payload, err := json.Marshal(req)
 	if err != nil {
-		return turn.ToolOutcome{Status: turn.ToolError, Text: "The tool call could not be encoded."}
+		return err
 	}
-	wait, cancel := rt.waiters.Expect(id)
-	defer cancel()
-	// Keyed by the call, not the session: a model's parallel calls spread over partitions.
-	// The W3C trace context names the turn (trace) and the call (span), for the executor's
-	// logs and its result.
-	trace, _ := ctx.Value(traceKey{}).(uuid.UUID)
-	if trace == uuid.Nil {
-		trace = uuid.New()
-	}
-	headers := map[string]string{"traceparent": "00-" + hex.EncodeToString(trace[:]) + "-" + hex.EncodeToString(id[:8]) + "-01"}
-	if err := rt.enqueue(ctx, agate.OutboxRecord{Topic: agate.TopicToolRequests, Key: id.String(), Payload: payload, Headers: headers}); err != nil {
-		rt.log.Warn("enqueue a tool request", "tool", spec.Name, "err", err)
-		return turn.ToolOutcome{Status: turn.ToolError, Text: fmt.Sprintf("The tool %q could not be sent to its executors; try again later.", spec.Name)}
+	err = rt.enqueue(ctx, agate.OutboxRecord{Topic: agate.TopicToolRequests, Key: req.RequestID.String(), Payload: payload,
+		Headers: map[string]string{"traceparent": traceparent}})
+	if err != nil {
+		rt.log.Warn("enqueue a tool request", "tool", req.ToolName, "err", err)
+		return err
 	}
 	rt.poke()
-	wctx, stop := context.WithTimeout(ctx, spec.Timeout)
+	return nil
+}
+
+// await waits for the result of a call sent to executors, at most the tool's timeout.
+func (rt *remoteTools) await(ctx context.Context, tk ticket) turn.ToolOutcome {
+	rt.poke() // the request is stored by now
+	wctx, stop := context.WithTimeout(ctx, tk.spec.Timeout)
 	defer stop()
-	res, err := wait(wctx)
+	res, err := tk.wait(wctx)
 	switch {
 	case ctx.Err() != nil:
 		return turn.ToolOutcome{Status: turn.ToolError, Text: "The call was cancelled."} // the turn ends without it
 	case err != nil:
-		return turn.ToolOutcome{Status: turn.ToolError, Text: fmt.Sprintf("The tool %q did not answer within %s.", spec.Name, spec.Timeout)}
+		return turn.ToolOutcome{Status: turn.ToolError, Text: fmt.Sprintf("The tool %q did not answer within %s.", tk.spec.Name, tk.spec.Timeout)}
 	}
 	status := turn.ToolOK
 	if res.Status != turn.ToolOK {
@@ -222,10 +283,3 @@ func (rt *remoteTools) run(ctx context.Context, p agate.Principal, spec tool.Spe
 	}
 	return turn.ToolOutcome{Status: status, Text: res.Text, Truncated: res.Truncated}
 }
-
-// sessionKey and traceKey carry a turn's session id and turn id to remoteTools, for the
-// request.
-type (
-	sessionKey struct{}
-	traceKey   struct{}
-)

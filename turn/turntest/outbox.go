@@ -492,3 +492,37 @@ func noNilHeaders(list []agate.DeadLetter) []agate.DeadLetter {
 	}
 	return out
 }
+
+// testToolDispatch: a tool.start event that carries a request for executors leaves, in the
+// transaction that stores it, as a tool.requests record keyed by the request id.
+func testToolDispatch(t *testing.T, s turn.Store) {
+	acc := accept(t, s, inbound(acme, "use a tool"))
+	id := acc.Turn.SessionID
+	before := len(unsent(t, s))
+	req := agate.ToolRequest{RequestID: uuid.New(), SessionID: id, Tenant: acme, ToolName: "echo",
+		Args: json.RawMessage(`{"text":"hi"}`), Deadline: time.Now().Add(time.Minute).UTC()}
+	start := event(id, agate.TypeToolStart, "")
+	start.Metadata = map[string]any{"tool": "echo", "request": req, "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+	plain := event(id, agate.TypeToolStart, "") // an in-process call: nothing for executors
+	plain.Metadata = map[string]any{"tool": "timestamp"}
+	appendEvents(t, s, nil, start, plain)
+
+	recs := unsent(t, s)[before:]
+	if len(recs) != 3 {
+		t.Fatalf("%d outbox records for two tool.start events, want 3 (two events, one request)", len(recs))
+	}
+	r := recs[1] // after the first event's own record
+	if r.Topic != agate.TopicToolRequests || r.Key != req.RequestID.String() ||
+		r.Headers["traceparent"] != "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01" || r.Headers[agate.HeaderOrigin] != "replica-a" {
+		t.Fatalf("request record = %s %s %v", r.Topic, r.Key, r.Headers)
+	}
+	var got agate.ToolRequest
+	var args map[string]string
+	if err := json.Unmarshal(r.Payload, &got); err != nil || got.RequestID != req.RequestID || got.ToolName != "echo" ||
+		json.Unmarshal(got.Args, &args) != nil || args["text"] != "hi" { // jsonb may respace it
+		t.Errorf("request payload %s (%v)", r.Payload, err)
+	}
+	if recs[0].Topic != agate.TopicOutbound || recs[2].Topic != agate.TopicOutbound {
+		t.Errorf("topics %s, %s, %s", recs[0].Topic, recs[1].Topic, recs[2].Topic)
+	}
+}

@@ -65,6 +65,7 @@ func RunStoreTests(t *testing.T, open func(t *testing.T, o Options) turn.Store) 
 		{"FailedWritesAddNoOutboxRecords", bus, testFailedWritesOutbox},
 		{"DeleteSessionLeavesOutboxRecords", bus, testDeleteLeavesOutbox},
 		{"ConcurrentAcceptsKeepOutboxOrderPerSession", bus, testConcurrentOutboxOrder},
+		{"ToolStartCarriesItsRequestToExecutors", Options{Bus: true, Origin: "replica-a"}, testToolDispatch},
 		{"EnqueueWritesOutboxWithoutBus", Options{Origin: "replica-a"}, testEnqueue},
 		{"EnqueueAfterRecordsOfAccept", bus, testEnqueue},
 		{"OutboxLeaseHasOneHolder", Options{}, testOutboxLease},
