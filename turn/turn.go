@@ -637,6 +637,11 @@ func (tr *turnRun) call(ctx context.Context, req agate.ModelRequest) (agate.Repl
 func (tr *turnRun) useTools(ctx context.Context, calls []agate.ToolCall) ([]ToolOutcome, error) {
 	plans := make([]ToolPlan, len(calls))
 	for i, c := range calls {
+		if i >= maxCallsAtOnce {
+			plans[i] = ToolPlan{Outcome: &ToolOutcome{Status: ToolError,
+				Text: fmt.Sprintf("Not run: at most %d tool calls are made at once; call it again.", maxCallsAtOnce)}}
+			continue
+		}
 		plans[i] = tr.cfg.Tools.Plan(ctx, tr.t, c)
 		if plans[i].Release != nil {
 			defer plans[i].Release()
@@ -693,6 +698,10 @@ func (tr *turnRun) useTools(ctx context.Context, calls []agate.ToolCall) ([]Tool
 	}
 	return outcomes, nil
 }
+
+// maxCallsAtOnce bounds the tool calls of one model message that are run; the rest are
+// answered with an error the model can act on.
+const maxCallsAtOnce = 16
 
 // persistAll appends evs in one transaction and publishes them.
 func (tr *turnRun) persistAll(ctx context.Context, evs []agate.Event) error {

@@ -913,3 +913,24 @@ func TestCancelDuringToolsStoresNoFalseResults(t *testing.T) {
 		}
 	}
 }
+
+// TestToolCallsPerMessageAreBounded: past 16 calls in one model message, the rest are
+// answered with an error rather than run.
+func TestToolCallsPerMessageAreBounded(t *testing.T) {
+	tools := &fakeTools{answers: map[string]turn.ToolOutcome{"lookup": {Status: turn.ToolOK, Text: "ok"}}}
+	many := llmtest.Call("c0", "lookup", `{}`)
+	for i := 1; i < 17; i++ {
+		many = many.Call(fmt.Sprintf("c%d", i), "lookup", `{}`)
+	}
+	r := newRig(t, llmtest.New(many, llmtest.Text("done")), turn.Config{Tools: tools})
+	_, sub := r.send(t, uuid.Nil, "many")
+	var statuses []any
+	for _, ev := range untilTerminal(t, sub) {
+		if ev.Type == agate.TypeToolResult {
+			statuses = append(statuses, ev.Metadata["status"])
+		}
+	}
+	if len(statuses) != 17 || statuses[15] != turn.ToolOK || statuses[16] != turn.ToolError || len(tools.calls) != 16 {
+		t.Errorf("%d results %v, %d calls run; want 17 results, the 17th an error, 16 run", len(statuses), statuses, len(tools.calls))
+	}
+}

@@ -13,6 +13,7 @@ import (
 	"github.com/agate-gw/agate/httpapi"
 	"github.com/agate-gw/agate/inmem"
 	"github.com/agate-gw/agate/kafka"
+	"github.com/agate-gw/agate/tool"
 	"github.com/agate-gw/agate/turn"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
@@ -41,8 +42,12 @@ func wireBus(cfg config, replica string, store turn.Store, model turn.Model, hub
 	// A little more than the workers can run: the backlog stays in Kafka, where a
 	// rebalance can hand it to another replica, rather than in this runner's queue.
 	kcfg.MaxInFlight = max(2*cfg.Workers, 16)
-	// A moved partition waits for its running turns, so that none runs twice.
+	// A moved partition waits for its running turns, so that none runs twice: a turn is
+	// one model call, or with tools up to AGATE_TOOL_ROUNDS more, each with its tools.
 	kcfg.RevokeWait = cfg.TurnTimeout + cfg.Grace
+	if cfg.TurnTools != "" {
+		kcfg.RevokeWait = time.Duration(cfg.ToolRounds+1)*(cfg.TurnTimeout+tool.MaxTimeout) + cfg.Grace
+	}
 	kcfg.DeadLetterSink = func(ctx context.Context, dl kafka.Record) error {
 		return store.AddDeadLetter(ctx, agate.DeadLetter{
 			Topic: dl.Headers[kafka.HeaderOriginalTopic], Partition: dl.Partition, Offset: dl.Offset,
