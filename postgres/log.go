@@ -266,7 +266,7 @@ func (s *Store) Append(ctx context.Context, done *agate.Turn, events ...agate.Ev
 			}
 			if s.bus {
 				next.Queue(qInsertOutbox, agate.TopicOutbound, ev.SessionID.String(), payload, s.headers)
-				if rec, ok := agate.DispatchOf(saved); ok { // a tool call for executors leaves with its start
+				if rec, ok := agate.DispatchOf(ev); ok { // a tool call for executors leaves with its start (encoded from the event as given: numbers keep their digits)
 					next.Queue(qInsertOutbox, rec.Topic, rec.Key, rec.Payload, mergeHeaders(s.headers, rec.Headers))
 				}
 			}

@@ -212,7 +212,7 @@ func (s *Store) Append(ctx context.Context, done *agate.Turn, events ...agate.Ev
 				if err := s.toOutbox(ctx, tx, agate.TopicOutbound, ev.SessionID, payload, ev.CreatedAt); err != nil {
 					return err
 				}
-				if rec, ok := agate.DispatchOf(saved); ok { // a tool call for executors leaves with its start
+				if rec, ok := agate.DispatchOf(ev); ok { // a tool call for executors leaves with its start (encoded from the event as given: numbers keep their digits)
 					if _, err := tx.exec(ctx, qInsertOutbox, rec.Topic, rec.Key, string(rec.Payload), mergeHeaders(s.headers, rec.Headers), nanos(ev.CreatedAt)); err != nil {
 						return err
 					}

@@ -665,8 +665,10 @@ func (tr *turnRun) useTools(ctx context.Context, calls []agate.ToolCall) ([]Tool
 	var wg sync.WaitGroup
 	for i, c := range calls {
 		wg.Go(func() {
-			sem <- struct{}{}
-			defer func() { <-sem }()
+			if plans[i].Request == nil { // a call sent to executors only waits: it takes no slot
+				sem <- struct{}{}
+				defer func() { <-sem }()
+			}
 			defer func() {
 				if p := recover(); p != nil {
 					tr.log.Error("tool call panicked", "tool", c.Name, "panic", p, "stack", string(debug.Stack()))

@@ -46,7 +46,9 @@ func wireBus(cfg config, replica string, store turn.Store, model turn.Model, hub
 	// one model call, or with tools up to AGATE_TOOL_ROUNDS more, each with its tools.
 	kcfg.RevokeWait = cfg.TurnTimeout + cfg.Grace
 	if cfg.TurnTools != "" {
-		kcfg.RevokeWait = time.Duration(cfg.ToolRounds+1)*(cfg.TurnTimeout+tool.MaxTimeout) + cfg.Grace
+		// Per round: the model call, then 16 calls at most, 4 at a time, each up to its
+		// timeout (calls sent to executors wait side by side).
+		kcfg.RevokeWait = time.Duration(cfg.ToolRounds+1)*(cfg.TurnTimeout+4*tool.MaxTimeout) + cfg.Grace
 	}
 	kcfg.DeadLetterSink = func(ctx context.Context, dl kafka.Record) error {
 		return store.AddDeadLetter(ctx, agate.DeadLetter{

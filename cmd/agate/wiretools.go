@@ -229,8 +229,9 @@ type remoteTools struct {
 
 // ticket is a call sent to executors, waiting for its result.
 type ticket struct {
-	spec tool.Spec
-	wait func(ctx context.Context) (agate.ToolResult, error)
+	spec     tool.Spec
+	deadline time.Time // the request's: executors do not run it after
+	wait     func(ctx context.Context) (agate.ToolResult, error)
 }
 
 // prepare makes the request of a call and expects its result. The W3C trace context
@@ -246,7 +247,7 @@ func (rt *remoteTools) prepare(p agate.Principal, spec tool.Spec, call agate.Too
 	traceparent := "00-" + hex.EncodeToString(turnID[:]) + "-" + hex.EncodeToString(id[:8]) + "-01"
 	wait, cancel := rt.waiters.Expect(id)
 	rt.poke() // the request is about to be stored
-	return req, traceparent, ticket{spec: spec, wait: wait}, cancel
+	return req, traceparent, ticket{spec: spec, deadline: req.Deadline, wait: wait}, cancel
 }
 
 // send writes a request to the outbox on its own (for calls that are not a turn's).
@@ -265,10 +266,11 @@ func (rt *remoteTools) send(ctx context.Context, req agate.ToolRequest, tracepar
 	return nil
 }
 
-// await waits for the result of a call sent to executors, at most the tool's timeout.
+// await waits for the result of a call sent to executors, until the request's deadline
+// (the tool's timeout from when the request was made).
 func (rt *remoteTools) await(ctx context.Context, tk ticket) turn.ToolOutcome {
 	rt.poke() // the request is stored by now
-	wctx, stop := context.WithTimeout(ctx, tk.spec.Timeout)
+	wctx, stop := context.WithDeadline(ctx, tk.deadline)
 	defer stop()
 	res, err := tk.wait(wctx)
 	switch {

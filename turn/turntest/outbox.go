@@ -3,6 +3,7 @@ package turntest
 import (
 	"encoding/json"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -500,7 +501,7 @@ func testToolDispatch(t *testing.T, s turn.Store) {
 	id := acc.Turn.SessionID
 	before := len(unsent(t, s))
 	req := agate.ToolRequest{RequestID: uuid.New(), SessionID: id, Tenant: acme, ToolName: "echo",
-		Args: json.RawMessage(`{"text":"hi"}`), Deadline: time.Now().Add(time.Minute).UTC()}
+		Args: json.RawMessage(`{"text":"hi","id":9007199254740993}`), Deadline: time.Now().Add(time.Minute).UTC()}
 	start := event(id, agate.TypeToolStart, "")
 	start.Metadata = map[string]any{"tool": "echo", "request": req, "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
 	plain := event(id, agate.TypeToolStart, "") // an in-process call: nothing for executors
@@ -517,10 +518,15 @@ func testToolDispatch(t *testing.T, s turn.Store) {
 		t.Fatalf("request record = %s %s %v", r.Topic, r.Key, r.Headers)
 	}
 	var got agate.ToolRequest
-	var args map[string]string
-	if err := json.Unmarshal(r.Payload, &got); err != nil || got.RequestID != req.RequestID || got.ToolName != "echo" ||
-		json.Unmarshal(got.Args, &args) != nil || args["text"] != "hi" { // jsonb may respace it
+	if err := json.Unmarshal(r.Payload, &got); err != nil || got.RequestID != req.RequestID || got.ToolName != "echo" {
 		t.Errorf("request payload %s (%v)", r.Payload, err)
+	}
+	var args map[string]any
+	dec := json.NewDecoder(strings.NewReader(string(got.Args)))
+	dec.UseNumber()
+	// jsonb may respace the arguments, but a number keeps every digit.
+	if err := dec.Decode(&args); err != nil || args["id"] != json.Number("9007199254740993") || args["text"] != "hi" {
+		t.Errorf("request arguments %s (%v)", got.Args, err)
 	}
 	if recs[0].Topic != agate.TopicOutbound || recs[2].Topic != agate.TopicOutbound {
 		t.Errorf("topics %s, %s, %s", recs[0].Topic, recs[1].Topic, recs[2].Topic)
