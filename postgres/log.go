@@ -267,7 +267,11 @@ func (s *Store) Append(ctx context.Context, done *agate.Turn, events ...agate.Ev
 			if s.bus {
 				next.Queue(qInsertOutbox, agate.TopicOutbound, ev.SessionID.String(), payload, s.headers)
 				if rec, ok := agate.DispatchOf(ev); ok { // a tool call for executors leaves with its start (encoded from the event as given: numbers keep their digits)
-					next.Queue(qInsertOutbox, rec.Topic, rec.Key, rec.Payload, mergeHeaders(s.headers, rec.Headers))
+					headers, err := enqueueHeaders(rec, s.origin)
+					if err != nil {
+						return err
+					}
+					next.Queue(qInsertOutbox, rec.Topic, rec.Key, rec.Payload, headers)
 				}
 			}
 			stored = append(stored, saved)
@@ -400,15 +404,4 @@ func decodeEvent(payload []byte) (agate.Event, error) {
 		ev.Metadata = map[string]any{}
 	}
 	return ev, nil
-}
-
-// mergeHeaders returns the JSON headers of base (a JSON object) with extra added.
-func mergeHeaders(base string, extra map[string]string) string {
-	h := map[string]string{}
-	_ = json.Unmarshal([]byte(base), &h)
-	for k, v := range extra {
-		h[k] = v
-	}
-	b, _ := json.Marshal(h) // a map of strings always encodes
-	return string(b)
 }

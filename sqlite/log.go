@@ -213,7 +213,11 @@ func (s *Store) Append(ctx context.Context, done *agate.Turn, events ...agate.Ev
 					return err
 				}
 				if rec, ok := agate.DispatchOf(ev); ok { // a tool call for executors leaves with its start (encoded from the event as given: numbers keep their digits)
-					if _, err := tx.exec(ctx, qInsertOutbox, rec.Topic, rec.Key, string(rec.Payload), mergeHeaders(s.headers, rec.Headers), nanos(ev.CreatedAt)); err != nil {
+					headers, err := enqueueHeaders(rec, s.origin)
+					if err != nil {
+						return err
+					}
+					if _, err := tx.exec(ctx, qInsertOutbox, rec.Topic, rec.Key, string(rec.Payload), headers, nanos(ev.CreatedAt)); err != nil {
 						return err
 					}
 				}
@@ -363,15 +367,4 @@ func decodeEvent(payload string) (agate.Event, error) {
 		ev.Metadata = map[string]any{}
 	}
 	return ev, nil
-}
-
-// mergeHeaders returns the JSON headers of base (a JSON object) with extra added.
-func mergeHeaders(base string, extra map[string]string) string {
-	h := map[string]string{}
-	_ = json.Unmarshal([]byte(base), &h)
-	for k, v := range extra {
-		h[k] = v
-	}
-	b, _ := json.Marshal(h) // a map of strings always encodes
-	return string(b)
 }
