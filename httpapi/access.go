@@ -129,14 +129,23 @@ func (s *Server) decide(r *http.Request, action string, resource, context map[st
 		return nil
 	}
 	p := principal(r)
+	var t TenantSettings
+	if s.tenants != nil {
+		t = s.tenants(p.Tenant)
+	}
+	return Decide(r.Context(), s.policy, p, t, action, resource, context)
+}
+
+// Decide asks policy about p's action with the tenant's routing (t) in its context: nil
+// for an allow, agate.EPolicyDenied with the policy's reason for a refusal, and for no
+// decision agate.EUnavailable (the engine cannot be reached) or agate.EInternal (the policy
+// fails to evaluate). The turn runner's admission asks it too.
+func Decide(ctx context.Context, policy Policy, p agate.Principal, t TenantSettings, action string, resource, context map[string]any) error {
 	if context == nil {
 		context = map[string]any{}
 	}
-	if s.tenants != nil {
-		t := s.tenants(p.Tenant)
-		context["routing"] = map[string]any{"allow": nonNil(t.Allow), "deny": nonNil(t.Deny)}
-	}
-	d, err := s.policy.Decide(r.Context(), agate.PolicyInput{
+	context["routing"] = map[string]any{"allow": nonNil(t.Allow), "deny": nonNil(t.Deny)}
+	d, err := policy.Decide(ctx, agate.PolicyInput{
 		Principal: p, Tenant: p.Tenant, Action: action, Resource: resource, Context: context, Usage: map[string]any{},
 	})
 	if err != nil {
@@ -146,11 +155,23 @@ func (s *Server) decide(r *http.Request, action string, resource, context map[st
 		return agate.Wrap(agate.EUnavailable, err, "The policy cannot be evaluated right now; retry shortly.")
 	}
 	if !d.Allow {
-		reason := d.Reason
-		if reason == "" {
-			reason = "not allowed by policy"
+		return agate.Errorf(agate.EPolicyDenied, "%s refused: %s.", action, cmp.Or(d.Reason, "not allowed by policy"))
+	}
+	return nil
+}
+
+// DecideModelUse asks policy's model.use about every provider/model target of a call
+// (an alias's whole fallback chain, not the name asked for); the first refusal is the
+// answer.
+func DecideModelUse(ctx context.Context, policy Policy, p agate.Principal, t TenantSettings, targets []string, context map[string]any) error {
+	for _, target := range targets {
+		c := map[string]any{"model": target}
+		for k, v := range context {
+			c[k] = v
 		}
-		return agate.Errorf(agate.EPolicyDenied, "%s refused: %s.", action, reason)
+		if err := Decide(ctx, policy, p, t, "model.use", map[string]any{"type": "model", "name": target}, c); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -256,59 +277,31 @@ func (s *Server) reserve(r *http.Request, req *agate.ModelRequest) (settle func(
 	if s.budget == nil {
 		return func(int64) {}, nil
 	}
-	n := int64(req.MaxTokens)
-	if n <= 0 {
-		n = defaultReplyTokens
-	}
-	for _, m := range req.Messages {
-		n += int64(prompt.Tokens(m.Content))
-		for _, c := range m.ToolCalls {
-			n += int64(prompt.Tokens(c.Arguments))
-		}
-	}
-	for _, t := range req.Tools {
-		n += int64(prompt.Tokens(t.Description) + prompt.Tokens(string(t.Parameters)))
-	}
 	p := principal(r)
-	settle, limited, err := s.budget(r.Context(), p.Tenant, "", n)
+	settle, limited, err := s.budget(r.Context(), p.Tenant, "", prompt.Worst(*req, prompt.DefaultReplyTokens))
 	if err != nil {
 		return nil, err
 	}
 	if limited && req.MaxTokens <= 0 {
-		req.MaxTokens = defaultReplyTokens
+		req.MaxTokens = prompt.DefaultReplyTokens
 	}
 	return settle, nil
-}
-
-// defaultReplyTokens is reserved for the reply of a request that sets no max_tokens.
-const defaultReplyTokens = 4096
-
-// tokensUsed is what a chat completion used: the provider's count, else an estimate.
-func tokensUsed(req agate.ModelRequest, reply agate.Reply) int64 {
-	if reply.Usage.TotalTokens > 0 {
-		return int64(reply.Usage.TotalTokens)
-	}
-	if reply.Text == "" && len(reply.ToolCalls) == 0 {
-		return 0
-	}
-	n := prompt.Tokens(reply.Text)
-	for _, m := range req.Messages {
-		n += prompt.Tokens(m.Content)
-	}
-	return int64(n)
 }
 
 // decideModel asks the policy's model.use about every provider/model target a request for
 // model would reach (an alias's whole fallback chain), not about the name the client sent.
 func (s *Server) decideModel(r *http.Request, model string) error {
+	if s.policy == nil {
+		return nil
+	}
 	targets := []string{cmp.Or(strings.TrimSpace(model), "default")}
 	if m, ok := s.model.(interface{ Targets(string) []string }); ok {
 		targets = m.Targets(model)
 	}
-	for _, t := range targets {
-		if err := s.decide(r, "model.use", map[string]any{"type": "model", "name": t}, map[string]any{"model": t}); err != nil {
-			return err
-		}
+	p := principal(r)
+	var t TenantSettings
+	if s.tenants != nil {
+		t = s.tenants(p.Tenant)
 	}
-	return nil
+	return DecideModelUse(r.Context(), s.policy, p, t, targets, nil)
 }

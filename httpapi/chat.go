@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/agate-gw/agate"
+	"github.com/agate-gw/agate/prompt"
 	"github.com/google/uuid"
 )
 
@@ -343,7 +344,7 @@ func (s *Server) handleChatCompletions() http.Handler {
 		}
 		defer s.release()
 		reply, err := func() (reply agate.Reply, err error) {
-			defer func() { settle(tokensUsed(req, reply)) }() // also when the call panics
+			defer func() { settle(prompt.Used(req, reply, "")) }() // also when the call panics
 			return c.generate(req)
 		}()
 		switch {

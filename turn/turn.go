@@ -627,7 +627,7 @@ func (tr *turnRun) call(ctx context.Context, req agate.ModelRequest) (agate.Repl
 		reply.Text = tr.text[before:]
 	}
 	settled = true
-	settle(used(req, reply, tr.text[before:]))
+	settle(prompt.Used(req, reply, tr.text[before:]))
 	return reply, err
 }
 
@@ -716,26 +716,6 @@ func (tr *turnRun) persistAll(ctx context.Context, evs []agate.Event) error {
 	}
 	tr.base = stored[len(stored)-1].Seq
 	return nil
-}
-
-// used returns the tokens a model call used: the provider's count, else an estimate of
-// the prompt and of what was generated (none when nothing was).
-func used(req agate.ModelRequest, reply agate.Reply, streamed string) int64 {
-	if reply.Usage.TotalTokens > 0 {
-		return int64(reply.Usage.TotalTokens)
-	}
-	text := cmp.Or(reply.Text, streamed)
-	for _, c := range reply.ToolCalls {
-		text += c.Name + c.Arguments
-	}
-	if text == "" {
-		return 0
-	}
-	n := prompt.Tokens(text)
-	for _, m := range req.Messages {
-		n += prompt.Tokens(m.Content)
-	}
-	return int64(n)
 }
 
 // end sends the turn's terminal event: assistant.final with metadata.status ok, error or

@@ -94,35 +94,17 @@ func (a *access) admit(policy httpapi.Policy, targets func(string) []string, max
 	return func(ctx context.Context, t agate.Turn, req *agate.ModelRequest) (func(int64), error) {
 		s := a.tenants.Get(t.Tenant)
 		if policy != nil {
-			for _, target := range targets(req.Model) {
-				d, err := policy.Decide(ctx, agate.PolicyInput{
-					Principal: agate.Principal{Tenant: t.Tenant}, Tenant: t.Tenant, Action: "model.use",
-					Resource: map[string]any{"type": "model", "name": target},
-					Context: map[string]any{"model": target, "persona": t.PersonaID, "routing": map[string]any{
-						"allow": nonNil(s.Allow), "deny": nonNil(s.Deny)}},
-					Usage: map[string]any{},
-				})
-				if err != nil {
-					return nil, agate.Wrap(agate.EUnavailable, err, "The policy cannot be evaluated right now; retry shortly.")
-				}
-				if !d.Allow {
-					return nil, agate.Errorf(agate.EPolicyDenied, "model.use refused: %s.", cmp.Or(d.Reason, "not allowed by policy"))
-				}
+			routing := httpapi.TenantSettings{Allow: s.Allow, Deny: s.Deny}
+			err := httpapi.DecideModelUse(ctx, policy, agate.Principal{Tenant: t.Tenant}, routing, targets(req.Model),
+				map[string]any{"persona": t.PersonaID})
+			if err != nil {
+				return nil, err
 			}
 		}
 		if limited(s, t.PersonaID) && req.MaxTokens <= 0 {
-			req.MaxTokens = cmp.Or(maxTokens, defaultReplyTokens) // a reservation holds only for a bounded reply
+			req.MaxTokens = cmp.Or(maxTokens, prompt.DefaultReplyTokens) // a reservation holds only for a bounded reply
 		}
-		n := int64(cmp.Or(req.MaxTokens, maxTokens, defaultReplyTokens))
-		for _, m := range req.Messages {
-			n += int64(prompt.Tokens(m.Content) + prompt.Tokens(m.ToolCallID))
-			for _, c := range m.ToolCalls {
-				n += int64(prompt.Tokens(c.Name) + prompt.Tokens(c.Arguments))
-			}
-		}
-		for _, tool := range req.Tools {
-			n += int64(prompt.Tokens(tool.Name) + prompt.Tokens(tool.Description) + prompt.Tokens(string(tool.Parameters)))
-		}
+		n := prompt.Worst(*req, cmp.Or(maxTokens, prompt.DefaultReplyTokens))
 		return a.take(ctx, t.Tenant, t.PersonaID, n, s, log)
 	}
 }
@@ -185,15 +167,4 @@ func (a *access) reserve(log *slog.Logger) func(context.Context, string, string,
 		}
 		return settle, limited(s, persona), nil
 	}
-}
-
-// defaultReplyTokens is the reply size reserved when neither the request nor
-// LLM_MAX_TOKENS bounds it.
-const defaultReplyTokens = 4096
-
-func nonNil(s []string) []string {
-	if s == nil {
-		return []string{}
-	}
-	return s
 }
