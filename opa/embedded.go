@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/agate-gw/agate"
-	"github.com/fsnotify/fsnotify"
+	"github.com/agate-gw/agate/internal/watch"
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/open-policy-agent/opa/v1/rego"
 )
@@ -105,40 +105,10 @@ func (e *Embedded) Run(ctx context.Context) error {
 		<-ctx.Done() // built in: nothing to watch
 		return nil
 	}
-	w, err := fsnotify.NewWatcher()
-	if err != nil {
-		return fmt.Errorf("opa: watch %s: %w", e.dir, err)
+	if err := watch.Dirs(ctx, e.dir, nil, debounce, e.log, func() { e.reload(ctx) }); err != nil {
+		return fmt.Errorf("opa: %w", err)
 	}
-	defer w.Close()
-	if err := w.Add(e.dir); err != nil {
-		return fmt.Errorf("opa: watch %s: %w", e.dir, err)
-	}
-	// The files may have changed between NewEmbedded and Add.
-	e.reload(ctx)
-
-	timer := time.NewTimer(debounce)
-	timer.Stop()
-	defer timer.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case _, ok := <-w.Events:
-			if !ok {
-				return nil
-			}
-			// Any event, not only on *.rego names: a Kubernetes ConfigMap swaps a
-			// "..data" symlink, and a reload that changes nothing is skipped.
-			timer.Reset(debounce)
-		case err, ok := <-w.Errors:
-			if !ok {
-				return nil
-			}
-			e.log.Warn("policy watch error", "dir", e.dir, "err", err)
-		case <-timer.C:
-			e.reload(ctx)
-		}
-	}
+	return nil
 }
 
 // reload compiles the directory and swaps in the result if it compiles and differs from

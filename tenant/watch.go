@@ -8,7 +8,7 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/fsnotify/fsnotify"
+	"github.com/agate-gw/agate/internal/watch"
 )
 
 // debounce is how long Run waits after the last change in the file's directory before
@@ -58,20 +58,11 @@ func (r *Registry) Run(ctx context.Context) error {
 		<-ctx.Done()
 		return nil
 	}
-	w, err := fsnotify.NewWatcher()
-	if err != nil {
-		return fmt.Errorf("tenant settings: watch %s: %w", r.path, err)
-	}
-	defer w.Close()
 	dir := filepath.Dir(r.path)
-	if err := w.Add(dir); err != nil {
-		return fmt.Errorf("tenant settings: watch %s: %w", dir, err)
-	}
+	var also []string
 	// A file that is a symlink to another directory changes there.
 	if target, err := filepath.EvalSymlinks(r.path); err == nil && filepath.Dir(target) != dir {
-		if err := w.Add(filepath.Dir(target)); err != nil {
-			r.log.Warn("tenant settings: cannot watch the directory of the file's target", "path", r.path, "target", target, "err", err)
-		}
+		also = append(also, filepath.Dir(target))
 	}
 
 	var lastErr string // the failure last logged, not to log it at every event
@@ -91,29 +82,8 @@ func (r *Registry) Run(ctx context.Context) error {
 			r.log.Info("tenant settings reloaded", "path", r.path, "tenants", len(r.current.Load().tenants))
 		}
 	}
-	reload() // the file may have changed between Load and Add
-
-	timer := time.NewTimer(debounce)
-	timer.Stop()
-	defer timer.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case _, ok := <-w.Events:
-			if !ok {
-				return nil
-			}
-			// Any event of the directory: names vary (editors' temporary files, "..data"
-			// symlinks), and a reload of an unchanged file stops at its digest.
-			timer.Reset(debounce)
-		case err, ok := <-w.Errors:
-			if !ok {
-				return nil
-			}
-			r.log.Warn("tenant settings: watch error", "path", r.path, "err", err)
-		case <-timer.C:
-			reload()
-		}
+	if err := watch.Dirs(ctx, dir, also, debounce, r.log, reload); err != nil {
+		return fmt.Errorf("tenant settings: %w", err)
 	}
+	return nil
 }
