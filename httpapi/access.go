@@ -99,19 +99,13 @@ func (s *Server) permit(r *http.Request, sess agate.Session, relation string) er
 	if !s.authzOn() {
 		return nil
 	}
-	ctx, p := r.Context(), principal(r)
-	ok, err := s.authz.Check(ctx, agate.Tuple{User: userRef(p), Relation: relation, Object: sessionRef(sess.ID)}, roles(p)...)
-	if err != nil {
-		if agate.ErrorCode(err) != agate.EUnavailable {
-			return err // a tuple the model refuses: a bug, logged as one
-		}
-		return agate.Wrap(agate.EUnavailable, err, "Authorization cannot be checked right now; retry shortly.")
+	ok, err := s.allowed(r, sess.ID, relation)
+	if err != nil || ok {
+		return err
 	}
-	if ok {
-		return nil
-	}
+	p := principal(r)
 	if sess.Subject != "" && sess.Subject == p.Subject {
-		if err := s.created(ctx, p, sess.ID); err != nil {
+		if err := s.created(r.Context(), p, sess.ID); err != nil {
 			s.logError(r, err)
 		}
 		return nil
@@ -121,6 +115,19 @@ func (s *Server) permit(r *http.Request, sess agate.Session, relation string) er
 		verb = "change"
 	}
 	return agate.Errorf(agate.EForbidden, "You may not %s this session.", verb)
+}
+
+// allowed asks the authorizer whether the caller has relation to the session id.
+func (s *Server) allowed(r *http.Request, id uuid.UUID, relation string) (bool, error) {
+	p := principal(r)
+	ok, err := s.authz.Check(r.Context(), agate.Tuple{User: userRef(p), Relation: relation, Object: sessionRef(id)}, roles(p)...)
+	if err != nil {
+		if agate.ErrorCode(err) != agate.EUnavailable {
+			return false, err // a tuple the model refuses: a bug, logged as one
+		}
+		return false, agate.Wrap(agate.EUnavailable, err, "Authorization cannot be checked right now; retry shortly.")
+	}
+	return ok, nil
 }
 
 // decide asks the policy about action; a refusal is agate.EPolicyDenied with its reason.
@@ -189,16 +196,24 @@ func nonNil(s []string) []string {
 func (s *Server) admitMessage(r *http.Request, in agate.Inbound) (creates bool, err error) {
 	creates = in.SessionID == uuid.Nil
 	if !creates && s.authzOn() {
-		sess, err := s.store.Session(r.Context(), in.Tenant, in.SessionID)
-		switch {
-		case err == nil:
-			if err := s.permit(r, sess, relWriter); err != nil {
+		// A writer's message needs no read of the session: only a refusal is looked into
+		// (a session whose tuples are missing, or one the client is creating).
+		ok, err := s.allowed(r, in.SessionID, relWriter)
+		if err != nil {
+			return false, err
+		}
+		if !ok {
+			sess, err := s.store.Session(r.Context(), in.Tenant, in.SessionID)
+			switch {
+			case err == nil:
+				if err := s.permit(r, sess, relWriter); err != nil {
+					return false, err
+				}
+			case agate.ErrorCode(err) == agate.ESessionNotFound:
+				creates = true // the client names a new session (another tenant's is refused by the store)
+			default:
 				return false, err
 			}
-		case agate.ErrorCode(err) == agate.ESessionNotFound:
-			creates = true // the client names a new session (another tenant's is refused by the store)
-		default:
-			return false, err
 		}
 	}
 	resource := map[string]any{"type": "session"}

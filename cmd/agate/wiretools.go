@@ -9,6 +9,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/agate-gw/agate"
@@ -31,6 +32,9 @@ type toolGate struct {
 	policy httpapi.Policy
 	store  turn.Sessions
 	log    *slog.Logger
+
+	mu       sync.Mutex
+	subjects map[uuid.UUID]string // turn → its session owner's subject (a deleted session's id may be reused: not by session)
 }
 
 // wireTools loads the catalogue: AGATE_TOOLS_DIR, else the built-in one.
@@ -84,11 +88,11 @@ func (g *toolGate) Plan(ctx context.Context, t agate.Turn, call agate.ToolCall) 
 	if !slices.Contains(g.offer, call.Name) {
 		return answer(turn.ToolError, fmt.Sprintf("There is no tool %q here. The tools are: %s.", call.Name, strings.Join(g.offer, ", ")))
 	}
-	sess, err := g.store.Session(ctx, t.Tenant, t.SessionID)
+	subject, err := g.subject(ctx, t)
 	if err != nil {
 		return answer(turn.ToolError, "The tool could not be run: "+agate.ErrorMessage(err))
 	}
-	p := agate.Principal{Tenant: t.Tenant, Subject: sess.Subject}
+	p := agate.Principal{Tenant: t.Tenant, Subject: subject}
 	spec, out := g.admit(ctx, p, call)
 	switch {
 	case out != nil:
@@ -100,6 +104,31 @@ func (g *toolGate) Plan(ctx context.Context, t agate.Turn, call agate.ToolCall) 
 	}
 	req, traceparent, tk, release := g.remote.prepare(p, spec, call, t.SessionID, t.ID)
 	return turn.ToolPlan{Request: &req, Traceparent: traceparent, Ticket: tk, Release: release}
+}
+
+// maxSubjects bounds the turns whose session owner toolGate remembers.
+const maxSubjects = 10000
+
+// subject returns the owner's subject of t's session: read once per turn, not once per
+// call (a turn may make many).
+func (g *toolGate) subject(ctx context.Context, t agate.Turn) (string, error) {
+	g.mu.Lock()
+	subject, ok := g.subjects[t.ID]
+	g.mu.Unlock()
+	if ok {
+		return subject, nil
+	}
+	sess, err := g.store.Session(ctx, t.Tenant, t.SessionID)
+	if err != nil {
+		return "", err
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.subjects == nil || len(g.subjects) >= maxSubjects {
+		g.subjects = make(map[uuid.UUID]string)
+	}
+	g.subjects[t.ID] = sess.Subject
+	return sess.Subject, nil
 }
 
 // Call implements turn.Tools: it runs an in-process call, or waits for the executors'
