@@ -23,39 +23,14 @@ import (
 // process runs it and the result comes back into the turn. Then an executor stopped in the
 // middle of a call: the next executor runs it again, and the turn gets one result.
 func TestToolsRunOnExecutors(t *testing.T) {
-	dsn := freshPostgres(t)
-	cluster, err := kfake.NewCluster(kfake.NumBrokers(1))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(cluster.Close)
-
-	// A page that hangs on its first fetch until the test lets it go.
-	var fetches atomic.Int32
-	hang := make(chan struct{})
-	page := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if fetches.Add(1) == 1 {
-			select {
-			case <-hang:
-			case <-r.Context().Done():
-				return
-			}
-		}
-		w.Header().Set("Content-Type", "text/plain")
-		fmt.Fprint(w, "the page")
-	}))
-	t.Cleanup(func() { close(hang); page.Close() })
-
-	dir := t.TempDir()
-	write := func(name, spec string) {
-		if err := os.WriteFile(filepath.Join(dir, name+".json"), []byte(spec), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	write("echo", `{"name":"echo","description":"Echoes text.","target":"kafka","timeout":"20s",
-		"parameters":{"type":"object","properties":{"text":{"type":"string"}},"required":["text"],"additionalProperties":false}}`)
-	write("http_fetch", `{"name":"http_fetch","description":"GETs a page.","target":"kafka","timeout":"20s","risk":"low",
-		"parameters":{"type":"object","properties":{"url":{"type":"string"}},"required":["url"],"additionalProperties":false}}`)
+	dsn, cluster := freshPostgres(t), kafkaCluster(t)
+	page, fetches := hangingPage(t)
+	dir := catalogue(t, map[string]string{
+		"echo": `{"name":"echo","description":"Echoes text.","target":"kafka","timeout":"20s",
+		"parameters":{"type":"object","properties":{"text":{"type":"string"}},"required":["text"],"additionalProperties":false}}`,
+		"http_fetch": `{"name":"http_fetch","description":"GETs a page.","target":"kafka","timeout":"20s","risk":"low",
+		"parameters":{"type":"object","properties":{"url":{"type":"string"}},"required":["url"],"additionalProperties":false}}`,
+	})
 	host := strings.TrimPrefix(page.URL, "http://")
 	env := map[string]string{
 		"POSTGRES_DSN": dsn, "KAFKA_BOOTSTRAP_SERVERS": cluster.ListenAddrs()[0], "KAFKA_TIMEOUT": "2s",
@@ -75,7 +50,7 @@ func TestToolsRunOnExecutors(t *testing.T) {
 	// The executor is stopped while the page hangs; another one takes the request.
 	u.toolPlan.Store(&[]scriptedCall{{"http_fetch", `{"url":"` + page.URL + `/"}`}})
 	b := g.send(t, a.SessionID, "fetch it")
-	eventually(t, "the executor to fetch the page", 20e9, func() bool { return fetches.Load() == 1 })
+	eventually(t, "the executor to fetch the page", 20*time.Second, func() bool { return fetches.Load() == 1 })
 	if err := exec1.stop(); err != nil {
 		t.Fatalf("stop the executor: %v", err)
 	}
@@ -125,17 +100,9 @@ func startChild(t *testing.T, cmd string, env map[string]string) *testGateway {
 // TestToolWithoutExecutorTimesOut: nobody runs the request; the call ends at the tool's
 // timeout with an error result the model is told about, and the turn answers.
 func TestToolWithoutExecutorTimesOut(t *testing.T) {
-	dsn := freshPostgres(t)
-	cluster, err := kfake.NewCluster(kfake.NumBrokers(1))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(cluster.Close)
-	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "echo.json"), []byte(`{"name":"echo","description":"Echoes.","target":"kafka","timeout":"1s",
-		"parameters":{"type":"object","properties":{"text":{"type":"string"}}}}`), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	dsn, cluster := freshPostgres(t), kafkaCluster(t)
+	dir := catalogue(t, map[string]string{"echo": `{"name":"echo","description":"Echoes.","target":"kafka","timeout":"1s",
+		"parameters":{"type":"object","properties":{"text":{"type":"string"}}}}`})
 	u := newUpstream(t)
 	u.toolPlan.Store(&[]scriptedCall{{"echo", `{"text":"anyone?"}`}})
 	g := start(t, withUpstream(u, map[string]string{"POSTGRES_DSN": dsn, "KAFKA_BOOTSTRAP_SERVERS": cluster.ListenAddrs()[0],
@@ -159,12 +126,7 @@ func TestToolWithoutExecutorTimesOut(t *testing.T) {
 // TestExecutorRunsParallelCallsAtOnce: three calls of one model message, each taking 1s
 // against a 2.5s timeout, all answer: executors run them at once, not one after another.
 func TestExecutorRunsParallelCallsAtOnce(t *testing.T) {
-	dsn := freshPostgres(t)
-	cluster, err := kfake.NewCluster(kfake.NumBrokers(1))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(cluster.Close)
+	dsn, cluster := freshPostgres(t), kafkaCluster(t)
 	page := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		select {
 		case <-time.After(time.Second):
@@ -175,11 +137,8 @@ func TestExecutorRunsParallelCallsAtOnce(t *testing.T) {
 		fmt.Fprint(w, "slow page")
 	}))
 	t.Cleanup(page.Close)
-	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "http_fetch.json"), []byte(`{"name":"http_fetch","description":"GETs a page.",
-		"target":"kafka","timeout":"2500ms","risk":"low","parameters":{"type":"object","properties":{"url":{"type":"string"}},"required":["url"]}}`), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	dir := catalogue(t, map[string]string{"http_fetch": `{"name":"http_fetch","description":"GETs a page.",
+		"target":"kafka","timeout":"2500ms","risk":"low","parameters":{"type":"object","properties":{"url":{"type":"string"}},"required":["url"]}}`})
 	env := map[string]string{"POSTGRES_DSN": dsn, "KAFKA_BOOTSTRAP_SERVERS": cluster.ListenAddrs()[0],
 		"AGATE_TOOLS_DIR": dir, "AGATE_TURN_TOOLS": "http_fetch", "AGATE_FETCH_ALLOW": strings.TrimPrefix(page.URL, "http://")}
 	u := newUpstream(t)
@@ -229,31 +188,10 @@ func TestExecutorRunsParallelCallsAtOnce(t *testing.T) {
 // call; once the group notices (KAFKA_SESSION_TIMEOUT), another executor runs the call
 // again and the turn gets exactly one result.
 func TestExecutorKilledMidCall(t *testing.T) {
-	dsn := freshPostgres(t)
-	cluster, err := kfake.NewCluster(kfake.NumBrokers(1))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(cluster.Close)
-	var fetches atomic.Int32
-	hang := make(chan struct{})
-	page := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if fetches.Add(1) == 1 {
-			select {
-			case <-hang:
-			case <-r.Context().Done():
-				return
-			}
-		}
-		w.Header().Set("Content-Type", "text/plain")
-		fmt.Fprint(w, "the page")
-	}))
-	t.Cleanup(func() { close(hang); page.Close() })
-	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "http_fetch.json"), []byte(`{"name":"http_fetch","description":"GETs a page.",
-		"target":"kafka","timeout":"40s","risk":"low","parameters":{"type":"object","properties":{"url":{"type":"string"}},"required":["url"]}}`), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	dsn, cluster := freshPostgres(t), kafkaCluster(t)
+	page, fetches := hangingPage(t)
+	dir := catalogue(t, map[string]string{"http_fetch": `{"name":"http_fetch","description":"GETs a page.",
+		"target":"kafka","timeout":"40s","risk":"low","parameters":{"type":"object","properties":{"url":{"type":"string"}},"required":["url"]}}`})
 	env := map[string]string{"POSTGRES_DSN": dsn, "KAFKA_BOOTSTRAP_SERVERS": cluster.ListenAddrs()[0], "KAFKA_SESSION_TIMEOUT": "6s",
 		"AGATE_TOOLS_DIR": dir, "AGATE_TURN_TOOLS": "http_fetch", "AGATE_FETCH_ALLOW": strings.TrimPrefix(page.URL, "http://")}
 	u := newUpstream(t)
@@ -277,4 +215,48 @@ func TestExecutorKilledMidCall(t *testing.T) {
 	if results != 1 || fetches.Load() != 2 {
 		t.Errorf("%d results in the turn (want 1), %d fetches (want 2)", results, fetches.Load())
 	}
+}
+
+// kafkaCluster starts a kfake broker on a loopback port for the test.
+func kafkaCluster(t *testing.T) *kfake.Cluster {
+	t.Helper()
+	c, err := kfake.NewCluster(kfake.NumBrokers(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return c
+}
+
+// hangingPage serves "the page", but hangs on its first request until the test ends (or
+// the client goes); it counts the requests.
+func hangingPage(t *testing.T) (*httptest.Server, *atomic.Int32) {
+	t.Helper()
+	fetches := new(atomic.Int32)
+	hang := make(chan struct{})
+	page := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if fetches.Add(1) == 1 {
+			select {
+			case <-hang:
+			case <-r.Context().Done():
+				return
+			}
+		}
+		w.Header().Set("Content-Type", "text/plain")
+		fmt.Fprint(w, "the page")
+	}))
+	t.Cleanup(func() { close(hang); page.Close() })
+	return page, fetches
+}
+
+// catalogue writes a tool catalogue (name → spec) into a directory for AGATE_TOOLS_DIR.
+func catalogue(t *testing.T, specs map[string]string) string {
+	t.Helper()
+	dir := t.TempDir()
+	for name, spec := range specs {
+		if err := os.WriteFile(filepath.Join(dir, name+".json"), []byte(spec), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
 }
