@@ -126,9 +126,20 @@ func (s *syncedSet) add(k string) bool {
 	return true
 }
 
+// DefaultBudgetTimeout bounds one budget call to Redis when Config.Timeout is not set.
+const DefaultBudgetTimeout = time.Second
+
 // NewBudget returns a Budget that counts in Redis through client (see NewClient) and on
 // ledger (the store) while Redis fails. cfg's Prefix, Timeout, ProbeEvery and Logger apply.
+//
+// Without cfg.Timeout a call waits up to DefaultBudgetTimeout, not the limiter's 50ms: a
+// slow answer is not an outage, and falling back to the ledger splits the counting (each
+// side enforces the budget on its own reservations only), which a loaded Redis must not
+// cause. Budgets are on a model call's path, not on a request's.
 func NewBudget(client *goredis.Client, ledger Ledger, cfg Config) *Budget {
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = DefaultBudgetTimeout
+	}
 	cfg = cfg.withDefaults()
 	b := &Budget{
 		client: client,

@@ -67,11 +67,7 @@ func wireAccess(cfg config, store turn.Store, rc *goredis.Client, log *slog.Logg
 	}
 	var counter tenant.Counter // nil: the store counts
 	if rc != nil {
-		// A slow answer is not an outage: falling back to the store's ledger splits the
-		// counting (each side enforces the budget on its own reservations only), which a
-		// loaded Redis answering in 60 ms rather than 50 ms must not cause. Budgets are on a
-		// turn's path, not on a request's: a second is affordable.
-		counter = redis.NewBudget(rc, store, redis.Config{Logger: log, Timeout: time.Second})
+		counter = redis.NewBudget(rc, store, redis.Config{Logger: log})
 	}
 	a.budgets = tenant.NewBudgets(a.tenants, counter, store, time.Now, log)
 	return a, nil
