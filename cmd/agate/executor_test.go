@@ -146,6 +146,9 @@ func TestExecutorRunsParallelCallsAtOnce(t *testing.T) {
 	u.toolPlan.Store(&[]scriptedCall{call, call, call})
 	g := start(t, withUpstream(u, env))
 	startChild(t, "executor", env)
+	// The calls' 2.5s start counting when they are made: only once the executor has
+	// joined its group, so that its start-up, slow on a loaded machine, is not counted.
+	waitForGroup(t, cluster.ListenAddrs(), "agate-executors", 1)
 	a := g.send(t, "", "fetch three times")
 	for _, f := range g.subscribe(t, a.SessionID, "").untilFinal(t) {
 		if f.Event == agate.TypeToolResult && f.Data.Metadata["status"] != "ok" {
