@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -123,13 +124,24 @@ func TestToolWithoutExecutorTimesOut(t *testing.T) {
 	}
 }
 
-// TestExecutorRunsParallelCallsAtOnce: three calls of one model message, each taking 1s
-// against a 2.5s timeout, all answer: executors run them at once, not one after another.
+// TestExecutorRunsParallelCallsAtOnce: the three calls of one model message are run at
+// once, not one after another: the page answers only once all three fetches are in (or
+// after 5s, when the test fails), and all three calls answer.
 func TestExecutorRunsParallelCallsAtOnce(t *testing.T) {
 	dsn, cluster := freshPostgres(t), kafkaCluster(t)
+	var mu sync.Mutex
+	inFlight, most := 0, 0
+	all := make(chan struct{})
 	page := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		inFlight++
+		if most = max(most, inFlight); inFlight == 3 {
+			close(all)
+		}
+		mu.Unlock()
 		select {
-		case <-time.After(time.Second):
+		case <-all:
+		case <-time.After(5 * time.Second):
 		case <-r.Context().Done():
 			return
 		}
@@ -138,7 +150,7 @@ func TestExecutorRunsParallelCallsAtOnce(t *testing.T) {
 	}))
 	t.Cleanup(page.Close)
 	dir := catalogue(t, map[string]string{"http_fetch": `{"name":"http_fetch","description":"GETs a page.",
-		"target":"kafka","timeout":"2500ms","risk":"low","parameters":{"type":"object","properties":{"url":{"type":"string"}},"required":["url"]}}`})
+		"target":"kafka","timeout":"30s","risk":"low","parameters":{"type":"object","properties":{"url":{"type":"string"}},"required":["url"]}}`})
 	env := map[string]string{"POSTGRES_DSN": dsn, "KAFKA_BOOTSTRAP_SERVERS": cluster.ListenAddrs()[0],
 		"AGATE_TOOLS_DIR": dir, "AGATE_TURN_TOOLS": "http_fetch", "AGATE_FETCH_ALLOW": strings.TrimPrefix(page.URL, "http://")}
 	u := newUpstream(t)
@@ -146,15 +158,17 @@ func TestExecutorRunsParallelCallsAtOnce(t *testing.T) {
 	u.toolPlan.Store(&[]scriptedCall{call, call, call})
 	g := start(t, withUpstream(u, env))
 	startChild(t, "executor", env)
-	// The calls' 2.5s start counting when they are made: only once the executor has
-	// joined its group, so that its start-up, slow on a loaded machine, is not counted.
-	waitForGroup(t, cluster.ListenAddrs(), "agate-executors", 1)
 	a := g.send(t, "", "fetch three times")
 	for _, f := range g.subscribe(t, a.SessionID, "").untilFinal(t) {
 		if f.Event == agate.TypeToolResult && f.Data.Metadata["status"] != "ok" {
 			t.Errorf("tool result %q %v", f.Data.Message, f.Data.Metadata)
 		}
 	}
+	mu.Lock()
+	if most != 3 {
+		t.Errorf("at most %d fetches ran at once, want the 3 calls together", most)
+	}
+	mu.Unlock()
 
 	// W3C trace context: the turn is the trace, each call a span, on requests and results.
 	cl, err := kgo.NewClient(kgo.SeedBrokers(cluster.ListenAddrs()...),
